@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: creates .venv/ in the checkout and installs everything the
+# tests and the demo need (torch, torchvision, a compiled mmcv, mmdet, mmseg, this package with its
+# test extras). Idempotent: a second run only checks what is there (about half a minute).
+#
+#   bash tools/install.sh            # everything
+#   SKIP_MM=1 bash tools/install.sh  # core only (no OpenMMLab; the mm tests then skip)
+#
+# Environment knobs: PYTHON (interpreter for the venv, default python3), VENV (default .venv),
+# MAX_JOBS (parallel compile jobs for mmcv, default: number of cores).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+log() { printf '[install %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check)
+
+have() { "$PY" - "$@" <<'EOF' >/dev/null 2>&1
+import sys, importlib.metadata as md
+from packaging.version import Version
+for spec in sys.argv[1:]:
+    name, _, want = spec.partition("==")
+    got = md.version(name)
+    if want and Version(got) != Version(want):
+        raise SystemExit(1)
+EOF
+}
+
+# torch: 2.14.1 + torchvision 0.29.1 on x86_64 Linux with Python 3.11 (what this project is tested
+# with); anywhere else any torch >= 2.4 with its matching torchvision.
+ARCH="$(uname -m)"
+PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+if [ "$ARCH" = "x86_64" ] && [ "$PYVER" = "3.11" ] && [ "$(uname -s)" = "Linux" ]; then
+  TORCH=("torch==2.14.1" "torchvision==0.29.1")
+else
+  TORCH=("torch>=2.4" "torchvision")
+fi
+if have "${TORCH[0]}" && "$PY" -c "import torchvision" >/dev/null 2>&1; then
+  log "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+else
+  log "installing ${TORCH[*]} (a few minutes)"
+  "${PIP[@]}" "${TORCH[@]}"
+fi
+
+# Build tools (after torch, which pulls the newest setuptools): mmcv and natten build without isolation against the installed torch, and
+# mmcv 2.1.0's setup imports pkg_resources (gone from setuptools >= 81).
+if ! have "setuptools" || ! "$PY" -c "import pkg_resources, wheel, ninja" >/dev/null 2>&1; then
+  "${PIP[@]}" "setuptools>=64,<81" wheel ninja packaging
+fi
+
+# A compiled mmcv (mmdet 3.3 / mmseg 1.2 need 2.0.0rc4 <= mmcv < 2.2 with its C++ ops; mmcv-lite
+# has none). mmcv 2.1.0 asks for -std=c++17 while torch >= 2.10 headers need C++20, so the build
+# runs with a compiler wrapper that appends -std=c++20 (the last -std flag wins). pip caches the
+# built wheel, so this is slow (~20 min on 2 cores) only the first time on a machine.
+if [ -z "${SKIP_MM:-}" ]; then
+  if "$PY" -c "import mmcv, mmcv._ext, mmcv.ops" >/dev/null 2>&1; then
+    log "mmcv $("$PY" -c 'import mmcv; print(mmcv.__version__)') with compiled ops already installed"
+  else
+    log "building mmcv 2.1.0 with its C++ ops (about 20 minutes on 2 cores the first time)"
+    WRAP="$(mktemp -d)"
+    trap 'rm -rf "$WRAP"' EXIT
+    REAL_CXX="$(command -v g++ || command -v c++)"
+    for name in g++ c++; do
+      printf '#!/bin/sh\nexec "%s" "$@" -std=c++20\n' "$REAL_CXX" > "$WRAP/$name"
+      chmod +x "$WRAP/$name"
+    done
+    PATH="$WRAP:$VENV/bin:$PATH" CXX="$WRAP/g++" MMCV_WITH_OPS=1 \
+      MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
+      "${PIP[@]}" --no-build-isolation "mmcv==2.1.0"
+    "$PY" -c "import mmcv._ext, mmcv.ops" || { log "mmcv was built but its ops do not import"; exit 1; }
+  fi
+  EXTRAS="test,mm"
+else
+  EXTRAS="test"
+fi
+
+log "installing dinat-backbone[$EXTRAS] (editable)"
+"${PIP[@]}" -e "$ROOT[$EXTRAS]"
+
+"$PY" - <<'EOF'
+import torch, dinat_backbone
+print(f"torch {torch.__version__}, dinat_backbone {dinat_backbone.__version__}, "
+      f"cuda available: {torch.cuda.is_available()}")
+EOF
+log "done. Activate with: source ${VENV#$PWD/}/bin/activate"
