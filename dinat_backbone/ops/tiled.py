@@ -115,8 +115,9 @@ def na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn
 
     def regions(x):
         x = pad(x).index_select(2, ph["region_index"]).index_select(3, pw["region_index"])
-        x = x.reshape(B, nh, dh, nth, Rh, dw, ntw, Rw, D).permute(0, 1, 2, 3, 5, 6, 4, 7, 8)
-        return x.reshape(B, nh, N, Rh * Rw, D)
+        C = x.shape[-1]                                  # value may have its own head dim
+        x = x.reshape(B, nh, dh, nth, Rh, dw, ntw, Rw, C).permute(0, 1, 2, 3, 5, 6, 4, 7, 8)
+        return x.reshape(B, nh, N, Rh * Rw, C)
 
     k = regions(key)
     v = regions(value)
@@ -132,7 +133,7 @@ def na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn
         x = x.reshape(B, nh, dh, ph["Gp"], dw, pw["Gp"], C).permute(0, 1, 3, 2, 5, 4, 6)
         return x.reshape(B, nh, Hp, Wp, C)[:, :, :H, :W]
 
-    out = untile(out, D)
+    out = untile(out, value.shape[-1])
     if not return_attn:
         return out, None
     a = attn.reshape(B, nh, dh, nth, dw, ntw, Th, Tw, Rh, Rw)
