@@ -44,6 +44,13 @@ def natten_supports(query, rpb, return_attn, dropout_p) -> Optional[str]:
             return "NATTEN >= 0.20 does not return attention weights"
         if dropout_p:
             return "NATTEN >= 0.20 has no attention dropout"
+        if query.device.type == "cpu":
+            D = query.shape[-1]
+            if D < 8 or D > 512 or D & (D - 1):
+                return (f"NATTEN >= 0.20 on CPU (flex attention) needs a head dim that is a "
+                        f"power of two in [8, 512], got {D}")
+            if torch.is_grad_enabled() and query.requires_grad:
+                return "NATTEN >= 0.20 has no backward on CPU (run under torch.no_grad())"
     return None
 
 
