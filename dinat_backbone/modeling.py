@@ -315,7 +315,9 @@ class DinatPreTrainedModel(nn.Module):
         cfg = self.config
         self.patch_embed = PatchEmbed(cfg.num_channels, cfg.embed_dim, cfg.layer_norm_eps)
         self.pos_drop = nn.Dropout(cfg.hidden_dropout_prob)
-        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        # float32 linspace as the authors; on the CPU so that building under torch.device("meta")
+        # works (parameter counting without memory).
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.levels = nn.ModuleList()
         start = 0
         for i, depth in enumerate(cfg.depths):
