@@ -2,18 +2,34 @@
 
 Dilation splits each axis into d residue-class sub-grids; inside a sub-grid, DiNA is plain NA
 (dilation 1). Each sub-grid is cut into tiles of T queries per axis; every window of a tile's
-queries lies inside one region of T + k - 1 keys per axis (windows shift inward at borders but
-never leave the sub-grid), so a tile's logits are one small dense matmul against its region,
-after which an additive mask (-inf outside each query's window, the RPB inside) restores the
+queries lies inside one region of R = T + k - 1 keys per axis (windows shift inward at borders
+but never leave the sub-grid), so a tile's logits are one small dense matmul against its region,
+after which an additive table (-inf outside each query's window, the RPB inside) restores the
 exact neighborhood. Nothing holds k*k copies of the keys or values: the region gather copies each
 key about (T + k - 1) / T times per axis.
 
-All index bookkeeping depends only on (L, k, d, T) per axis and is cached.
+Two implementations share these semantics:
+
+* the fast path (``na2d_tiled`` without attention weights or attention dropout) is a custom op
+  (``torch.ops.dinat_backbone.na2d_tiled_fwd`` / ``_bwd``) with a hand-written backward. Tiles
+  are grouped by their *pattern* (which queries sit where relative to their region: first,
+  interior, last tiles per axis), so the bias/mask is a small per-call table
+  [heads, patterns, T*T, R*R] added in place by broadcasting, never a map-sized tensor. Tiles
+  are processed in cache-sized chunks, and the backward recomputes each chunk's probabilities
+  (flash-attention style) instead of saving them, so neither pass keeps a map-sized logit
+  tensor: peak extra memory is the region copies of k and v plus one chunk. As a custom op it is
+  one opaque node for ``torch.compile`` (no graph breaks) and computes the same numbers in eager
+  and compiled code.
+* the composed path (autograd through plain tensor ops) serves ``return_attn=True`` and
+  attention dropout, which need the full attention weights anyway.
+
+All index bookkeeping depends only on the shape (and, for the flat indices, batch * heads) and is
+cached.
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +50,7 @@ def tile_size(L: int, k: int, d: int, target: Optional[int] = None) -> Tuple[int
     return T, nT, nT * T
 
 
+# ------------------------------------------------------------------- composed path
 @functools.lru_cache(maxsize=256)
 def _axis_plan_cpu(L: int, k: int, d: int, target: Optional[int]):
     T, nT, Gp = tile_size(L, k, d, target)
@@ -93,8 +110,9 @@ def _bias(ph, pw, rpb: Optional[torch.Tensor], heads: int, dtype, device) -> tor
     return b.to(dtype).masked_fill(~inside, float("-inf"))
 
 
-def na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
-               dropout_p=0.0, training=False, tile: Optional[int] = None):
+def _na2d_tiled_composed(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
+                         dropout_p=0.0, training=False, tile: Optional[int] = None):
+    """Autograd through tensor ops; used for attention weights and attention dropout."""
     B, nh, H, W, D = query.shape
     (kh, kw), (dh, dw) = kernel_size, dilation
     ph = _axis_plan(H, kh, dh, tile, query.device)
@@ -144,3 +162,315 @@ def na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn
     a = torch.take_along_dim(a, ih.unsqueeze(0).unsqueeze(0), dim=8)   # [..., kh, Rw]
     a = torch.take_along_dim(a, iw.unsqueeze(0).unsqueeze(0), dim=9)   # [..., kh, kw]
     return out, untile(a.reshape(B, nh, dh, nth, dw, ntw, Th, Tw, kh * kw), kh * kw)
+
+
+# ------------------------------------------------------------------------------ fast path
+# Elements of the logit tensor processed per chunk (float32: 512 KiB; measured best of 2^15..2^23).
+CHUNK_ELEMS = 1 << 17
+
+
+def fast_tile(L: int, k: int, d: int) -> int:
+    """Queries per tile on an axis for the fast path (measured on CPU; see tools/benchmark.py).
+
+    Larger tiles waste more logits ((T + k - 1)^2 per query instead of k^2), smaller ones copy
+    the keys and values more often ((T + k - 1)^2 / T^2 times) and run more, smaller matmuls.
+    """
+    G = _cdiv(L, d)
+    if G <= k + 3:          # one tile covers the whole sub-grid
+        return G
+    t0 = max(4, min(8, k))
+    nT = _cdiv(G, t0)
+    return _cdiv(G, nT)
+
+
+def _axis_tiles(L: int, k: int, d: int, T: int):
+    """Tiles of one axis: (R, tiles, patterns).
+
+    tiles: list of (pattern id, query positions [T], valid [T], region positions [R]);
+    patterns: list of (window offsets in the region [T], query offsets in the region [T]).
+    Padding queries (past the end of a short sub-grid) repeat the last query of their sub-grid
+    and are flagged invalid; region keys past the end repeat the last key and are masked.
+    """
+    G = _cdiv(L, d)
+    R = min(T + k - 1, G)
+    tiles, patterns = [], {}
+    for r in range(d):
+        lr = _cdiv(L - r, d)
+        for t in range(_cdiv(lr, T)):
+            r0 = max(0, min(t * T - k // 2, lr - R))
+            js = [t * T + u for u in range(T)]
+            jc = [min(j, lr - 1) for j in js]
+            s = [min(max(j - k // 2, 0), lr - k) for j in jc]
+            sig = (tuple(x - r0 for x in s), tuple(j - r0 for j in jc))
+            pid = patterns.setdefault(sig, len(patterns))
+            tiles.append((pid, [r + d * j for j in jc], [j < lr for j in js],
+                          [r + d * min(r0 + x, lr - 1) for x in range(R)]))
+    return R, tiles, list(patterns)
+
+
+def _axis_pattern_tables(patterns, k: int, R: int):
+    """inside [P, T, R] (bool) and bias index [P, T, R] (0 .. 2k-2) of every axis pattern."""
+    win = torch.tensor([p[0] for p in patterns])[:, :, None]      # [P, T, 1]
+    rel = torch.tensor([p[1] for p in patterns])[:, :, None]
+    x = torch.arange(R)[None, None, :]
+    inside = (x >= win) & (x < win + k)
+    pb = (x - rel + (k - 1)).clamp(0, 2 * k - 2)
+    return inside, pb
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(H: int, W: int, kh: int, kw: int, dh: int, dw: int, Th: int, Tw: int):
+    Rh, tiles_h, pats_h = _axis_tiles(H, kh, dh, Th)
+    Rw, tiles_w, pats_w = _axis_tiles(W, kw, dw, Tw)
+    pairs = sorted(((a[0], b[0], i, j) for i, a in enumerate(tiles_h)
+                    for j, b in enumerate(tiles_w)))
+    ih = torch.tensor([p[2] for p in pairs])
+    iw = torch.tensor([p[3] for p in pairs])
+    qh = torch.tensor([t[1] for t in tiles_h])[ih]                 # [Nt, Th]
+    qw = torch.tensor([t[1] for t in tiles_w])[iw]                 # [Nt, Tw]
+    vh = torch.tensor([t[2] for t in tiles_h])[ih]
+    vw = torch.tensor([t[2] for t in tiles_w])[iw]
+    rh = torch.tensor([t[3] for t in tiles_h])[ih]                 # [Nt, Rh]
+    rw = torch.tensor([t[3] for t in tiles_w])[iw]
+    Nt = len(pairs)
+    qpos = (qh[:, :, None] * W + qw[:, None, :]).reshape(Nt, Th * Tw)
+    valid = (vh[:, :, None] & vw[:, None, :]).reshape(Nt, Th * Tw)
+    rpos = (rh[:, :, None] * W + rw[:, None, :]).reshape(Nt, Rh * Rw)
+    # Groups of consecutive tiles sharing a 2D pattern.
+    groups: List[Tuple[int, int, int]] = []
+    gpat: List[Tuple[int, int]] = []
+    for n, p in enumerate(pairs):
+        if not gpat or gpat[-1] != (p[0], p[1]):
+            gpat.append((p[0], p[1]))
+            groups.append([n, n + 1, len(gpat) - 1])
+        else:
+            groups[-1][1] = n + 1
+    in_h, pb_h = _axis_pattern_tables(pats_h, kh, Rh)
+    in_w, pb_w = _axis_pattern_tables(pats_w, kw, Rw)
+    gh = torch.tensor([g[0] for g in gpat])
+    gw = torch.tensor([g[1] for g in gpat])
+    inside = in_h[gh][:, :, None, :, None] & in_w[gw][:, None, :, None, :]   # [G,Th,Tw,Rh,Rw]
+    cidx = pb_h[gh][:, :, None, :, None] * (2 * kw - 1) + pb_w[gw][:, None, :, None, :]
+    n_bias = (2 * kh - 1) * (2 * kw - 1)
+    cidx = torch.where(inside, cidx, torch.full_like(cidx, n_bias))
+    cidx = cidx.reshape(len(gpat), Th * Tw, Rh * Rw)
+    # Each real query is exactly one valid tile query.
+    inv = torch.empty(H * W, dtype=torch.long)
+    flat = torch.arange(Nt * Th * Tw).reshape(Nt, Th * Tw)
+    inv[qpos[valid]] = flat[valid]
+    return dict(Nt=Nt, T2=Th * Tw, R2=Rh * Rw, qpos=qpos, valid=valid, rpos=rpos,
+                groups=[tuple(g) for g in groups], cidx=cidx, n_bias=n_bias, inv=inv,
+                HW=H * W)
+
+
+_flat_cache: Dict[tuple, dict] = {}
+
+
+def _flat(plan_key: tuple, plan: dict, BH: int, device: torch.device) -> dict:
+    """Indices into [B*heads*H*W] rows for the tile layout [Nt, B*heads, T*T or R*R]."""
+    key = plan_key + (BH, str(device))
+    hit = _flat_cache.get(key)
+    if hit is not None:
+        return hit
+    HW, Nt, T2 = plan["HW"], plan["Nt"], plan["T2"]
+    bh = torch.arange(BH)[None, :, None] * HW
+    qidx = (plan["qpos"][:, None, :] + bh).reshape(-1)
+    ridx = (plan["rpos"][:, None, :] + bh).reshape(-1)
+    # tile layout row of (bh, pos): (tile * BH + bh) * T2 + u, with tile * T2 + u = inv[pos]
+    inv = plan["inv"]
+    tile, u = inv // T2, inv % T2
+    inv_flat = ((tile[None, :] * BH + torch.arange(BH)[:, None]) * T2 + u[None, :]).reshape(-1)
+    hit = dict(qidx=qidx.to(device), ridx=ridx.to(device), inv=inv_flat.to(device),
+               valid=plan["valid"].reshape(Nt, 1, T2, 1).to(device),
+               cidx=plan["cidx"].to(device), all_valid=bool(plan["valid"].all()))
+    if len(_flat_cache) > 128:
+        _flat_cache.clear()
+    _flat_cache[key] = hit
+    return hit
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _bias_table(rpb: Optional[torch.Tensor], cidx: torch.Tensor, n_bias: int, nh: int,
+                cdt: torch.dtype) -> torch.Tensor:
+    """[heads or 1, groups, T*T, R*R]: the RPB inside each window, -inf outside."""
+    if rpb is None:
+        ext = torch.zeros(1, n_bias + 1, dtype=cdt, device=cidx.device)
+    else:
+        ext = torch.cat([rpb.detach().reshape(nh, n_bias).to(cdt),
+                         torch.zeros(nh, 1, dtype=cdt, device=cidx.device)], 1)
+    ext[:, n_bias] = float("-inf")
+    return ext[:, cidx]
+
+
+def _chunks(groups, per_tile: int):
+    n = max(1, CHUNK_ELEMS // max(1, per_tile))
+    for a, b, g in groups:
+        for s in range(a, b, n):
+            yield s, min(b, s + n), g
+
+
+def _probs(qc, kc, tab, nh, T2, R2, cdt):
+    """Attention probabilities [n*B*nh, T2, R2] of a chunk of tiles.
+
+    torch.softmax, not exp(logits - lse): the vectorised exp of torch's CPU kernels is about 20x
+    slower on -inf inputs (the masked entries) than softmax's, so the backward recomputes the
+    probabilities with the same softmax call instead of saving a log-sum-exp.
+    """
+    D = qc.shape[-1]
+    logits = torch.bmm(qc.reshape(-1, T2, D), kc.reshape(-1, R2, D).transpose(1, 2))
+    if logits.dtype != cdt:
+        logits = logits.to(cdt)
+    logits.view(-1, nh, T2, R2).add_(tab)
+    return torch.softmax(logits, -1)
+
+
+def _setup(q, k, v, kh, kw, dh, dw, th, tw):
+    B, nh, H, W, D = q.shape
+    key = (H, W, kh, kw, dh, dw, th, tw)
+    plan = _plan(*key)
+    fl = _flat(key, plan, B * nh, q.device)
+    qt = q.reshape(-1, D).index_select(0, fl["qidx"]).view(plan["Nt"], B * nh, plan["T2"], D)
+    kr = k.reshape(-1, D).index_select(0, fl["ridx"]).view(plan["Nt"], B * nh, plan["R2"], D)
+    vr = v.reshape(-1, v.shape[-1]).index_select(0, fl["ridx"]).view(
+        plan["Nt"], B * nh, plan["R2"], v.shape[-1])
+    return plan, fl, qt, kr, vr
+
+
+def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
+    with torch.autocast(q.device.type, enabled=False):
+        B, nh, H, W, D = q.shape
+        Dv = v.shape[-1]
+        cdt = _compute_dtype(q.dtype)
+        plan, fl, qt, kr, vr = _setup(q, k, v, kh, kw, dh, dw, th, tw)
+        qt.mul_(scale)
+        Nt, T2, R2, BH = plan["Nt"], plan["T2"], plan["R2"], B * nh
+        table = _bias_table(rpb, fl["cidx"], plan["n_bias"], nh, cdt)
+        out_t = torch.empty(Nt, BH, T2, Dv, dtype=v.dtype, device=v.device)
+        for a, b, g in _chunks(plan["groups"], BH * T2 * R2):
+            p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
+            torch.bmm(p.to(v.dtype), vr[a:b].view(-1, R2, Dv), out=out_t[a:b].view(-1, T2, Dv))
+        out = out_t.view(-1, Dv).index_select(0, fl["inv"]).view(B, nh, H, W, Dv)
+    return out
+
+
+def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
+    with torch.autocast(q.device.type, enabled=False):
+        B, nh, H, W, D = q.shape
+        Dv = v.shape[-1]
+        cdt = _compute_dtype(q.dtype)
+        plan, fl, qt, kr, vr = _setup(q, k, v, kh, kw, dh, dw, th, tw)
+        qt.mul_(scale)
+        Nt, T2, R2, BH = plan["Nt"], plan["T2"], plan["R2"], B * nh
+        dout = dout.to(v.dtype)
+        dot = dout.reshape(-1, Dv).index_select(0, fl["qidx"]).view(Nt, BH, T2, Dv)
+        di = (dout.to(cdt) * out.to(cdt)).sum(-1).reshape(-1)
+        di_t = di.index_select(0, fl["qidx"]).view(Nt, BH, T2, 1)
+        if not fl["all_valid"]:     # padding queries must contribute nothing
+            dot.mul_(fl["valid"].to(dot.dtype))
+            di_t.mul_(fl["valid"].to(cdt))
+        table = _bias_table(rpb, fl["cidx"], plan["n_bias"], nh, cdt)
+        dqt = torch.empty(Nt, BH, T2, D, dtype=q.dtype, device=q.device)
+        dkr = torch.empty(Nt, BH, R2, D, dtype=k.dtype, device=k.device)
+        dvr = torch.empty(Nt, BH, R2, Dv, dtype=v.dtype, device=v.device)
+        gtab = (torch.zeros(nh, fl["cidx"].shape[0], T2, R2, dtype=cdt,
+                            device=q.device) if rpb_grad else None)
+        for a, b, g in _chunks(plan["groups"], BH * T2 * R2):
+            n = b - a
+            p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
+            doc = dot[a:b].view(-1, T2, Dv)
+            dp = torch.bmm(doc, vr[a:b].view(-1, R2, Dv).transpose(1, 2))
+            if dp.dtype != cdt:
+                dp = dp.to(cdt)
+            ds = dp.sub_(di_t[a:b].view(-1, T2, 1)).mul_(p)
+            if gtab is not None:
+                gtab[:, g] += ds.view(n * B, nh, T2, R2).sum(0)
+            ds = ds.to(q.dtype)
+            torch.bmm(ds, kr[a:b].view(-1, R2, D), out=dqt[a:b].view(-1, T2, D))
+            torch.bmm(ds.transpose(1, 2), qt[a:b].view(-1, T2, D), out=dkr[a:b].view(-1, R2, D))
+            torch.bmm(p.to(v.dtype).transpose(1, 2), doc, out=dvr[a:b].view(-1, R2, Dv))
+        dq = dqt.view(-1, D).index_select(0, fl["inv"]).view(B, nh, H, W, D).mul_(scale)
+        dk = torch.zeros(BH * H * W, D, dtype=k.dtype, device=k.device)
+        dk.index_add_(0, fl["ridx"], dkr.view(-1, D))
+        dv = torch.zeros(BH * H * W, Dv, dtype=v.dtype, device=v.device)
+        dv.index_add_(0, fl["ridx"], dvr.view(-1, Dv))
+        if gtab is not None:
+            nb = plan["n_bias"]
+            drpb = torch.zeros(nh, nb + 1, dtype=cdt, device=q.device)
+            drpb.scatter_add_(1, fl["cidx"].reshape(1, -1).expand(nh, -1), gtab.reshape(nh, -1))
+            drpb = drpb[:, :nb].reshape(rpb.shape).to(rpb.dtype)
+        else:
+            drpb = q.new_zeros(0)
+    return dq, dk.view(B, nh, H, W, D), dv.view(B, nh, H, W, Dv), drpb
+
+
+@torch.library.custom_op("dinat_backbone::na2d_tiled_fwd", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, Tensor? rpb, int kh, int kw, "
+                                "int dh, int dw, float scale, int th, int tw) -> Tensor")
+def _na2d_tiled_fwd(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
+    return _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw)
+
+
+@_na2d_tiled_fwd.register_fake
+def _(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
+    B, nh, H, W, _ = q.shape
+    return v.new_empty(B, nh, H, W, v.shape[-1])
+
+
+@torch.library.custom_op("dinat_backbone::na2d_tiled_bwd", mutates_args=(),
+                         schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? rpb, "
+                                "Tensor out, int kh, int kw, int dh, int dw, "
+                                "float scale, int th, int tw, bool rpb_grad) "
+                                "-> (Tensor, Tensor, Tensor, Tensor)")
+def _na2d_tiled_bwd(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
+    return _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad)
+
+
+@_na2d_tiled_bwd.register_fake
+def _(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
+    drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rpb, kh, kw, dh, dw, scale, th, tw = inputs
+    ctx.params = (kh, kw, dh, dw, scale, th, tw)
+    ctx.has_rpb = rpb is not None
+    ctx.save_for_backward(q, k, v, rpb, output)
+
+
+def _backward(ctx, dout):
+    q, k, v, rpb, out = ctx.saved_tensors
+    kh, kw, dh, dw, scale, th, tw = ctx.params
+    rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
+    dq, dk, dv, drpb = _na2d_tiled_bwd(dout.contiguous(), q, k, v, rpb, out, kh, kw, dh,
+                                       dw, scale, th, tw, rpb_grad)
+    return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None, None, None
+
+
+_na2d_tiled_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def na2d_tiled_fast(query, key, value, kernel_size, dilation, rpb, scale, tile=None):
+    """The fast path: output only (no attention weights, no attention dropout)."""
+    B, nh, H, W, D = query.shape
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    if tile is None:
+        th, tw = fast_tile(H, kh, dh), fast_tile(W, kw, dw)
+    else:
+        th, tw = (tile, tile) if isinstance(tile, int) else tile
+        th, tw = min(th, _cdiv(H, dh)), min(tw, _cdiv(W, dw))
+    return torch.ops.dinat_backbone.na2d_tiled_fwd(query, key, value, rpb, kh, kw, dh, dw,
+                                                   float(scale), th, tw)
+
+
+
+def na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
+               dropout_p=0.0, training=False, tile: Optional[int] = None):
+    """Exact tiled NA: (out, attn or None). The fast custom op unless weights / dropout are asked."""
+    if return_attn or (dropout_p and training):
+        return _na2d_tiled_composed(query, key, value, kernel_size, dilation, rpb, scale,
+                                    return_attn, dropout_p, training, tile)
+    return na2d_tiled_fast(query, key, value, kernel_size, dilation, rpb, scale, tile), None
