@@ -1,0 +1,435 @@
+"""Checkpoint formats, conversion, loading and refusal (dinat_backbone/checkpoints.py).
+
+The key names of each released format are recorded in tests/data/checkpoint_keys.json, each
+section with the source (repository, file) it was read from; those lists are the oracle here,
+not this project's own model. The numeric oracle (transformers' Dinat) is in
+test_transformers_oracle.py.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinat_backbone import (DinatBackbone, DinatConfig, DinatForImageClassification,
+                            DinatModel)
+from dinat_backbone import checkpoints as ck
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(ROOT, "tests", "data", "checkpoint_keys.json"), encoding="utf-8") as f:
+    KEYS = json.load(f)
+
+MINI = dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], kernel_size=7,
+            mlp_ratio=3.0)
+
+
+def tiny_config(**kw):
+    d = dict(embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4],
+             dilations=[[1], [1, 2], [2, 1], [1]], kernel_size=3, num_labels=5,
+             layer_scale_init_value=1e-5, drop_path_rate=0.0)
+    d.update(kw)
+    return DinatConfig(**d)
+
+
+def randomised(model):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def fake_weights(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(tuple(s), generator=g) for k, s in shapes.items()}
+
+
+def assert_same(a, b):
+    assert set(a) == set(b), (sorted(set(a) ^ set(b))[:10])
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "convert_weights", os.path.join(ROOT, "tools", "convert_weights.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ------------------------------------------------------------------------- names vs. sources
+@pytest.fixture
+def no_init(monkeypatch):
+    """Names and shapes only: skip the (slow) weight initialisation of full-size variants."""
+    from dinat_backbone.modeling import DinatPreTrainedModel
+
+    monkeypatch.setattr(DinatPreTrainedModel, "init_weights", lambda self: None)
+    monkeypatch.setattr(DinatPreTrainedModel, "_init_weights", lambda self, m: None)
+
+
+def test_model_names_equal_authors_classification_checkpoint(no_init):
+    model = DinatForImageClassification(DinatConfig.from_variant("mini"))
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert got == KEYS["authors_classification"]["keys"]
+    # layer scale (dinat_base): gamma1 / gamma2 per layer, by the formula that builds the model
+    base = ck.expected_shapes(DinatConfig.from_variant("base"))
+    for k, s in KEYS["authors_classification_base_layer_scale"]["keys"].items():
+        assert list(base[k]) == s, k
+    k11 = ck.expected_shapes(DinatConfig.from_variant("large_k11"))
+    for k, s in KEYS["authors_classification_large_11x11_rpb"]["keys"].items():
+        assert list(k11[k]) == s, k
+
+
+def test_backbone_names_equal_authors_dense_checkpoints(no_init):
+    bb = DinatBackbone(DinatConfig.from_variant("mini"))
+    got = {"backbone." + k: list(v.shape) for k, v in bb.state_dict().items()}
+    assert got == KEYS["authors_mmdet_mmseg"]["keys"]
+    assert got == KEYS["authors_mask2former"]["keys"]
+
+
+@pytest.mark.parametrize("section,fmt,prefix", [
+    ("authors_classification", "dinat", ""),
+    ("authors_mmdet_mmseg", "mmengine", "backbone."),
+    ("authors_mask2former", "mmengine", "backbone."),
+    ("transformers_classification", "transformers", "dinat."),
+])
+def test_detect_format_and_infer_variant_of_released_layouts(section, fmt, prefix):
+    sd = fake_weights(KEYS[section]["keys"])
+    sd["neck.fpn_convs.0.conv.weight"] = torch.zeros(1)  # other modules are ignored
+    assert ck.detect_format(sd) == fmt
+    assert ck.find_backbone(sd)[1] == prefix
+    cfg = ck.infer_config(sd)
+    for k, v in MINI.items():
+        assert getattr(cfg, k) == v, k
+    assert cfg.variant == "mini"
+    assert cfg.layer_scale_init_value == 0
+    assert cfg.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
+
+
+def test_detect_detectron2_prefix():
+    sd = {KEYS["detectron2_fpn"]["example_key"]: torch.zeros(3)}
+    sd["backbone.bottom_up.patch_embed.proj.0.weight"] = torch.zeros(8, 3, 3, 3)
+    assert ck.detect_format(sd) == "detectron2"
+    assert ck.find_backbone(sd) == ("dinat", "backbone.bottom_up.")
+
+
+def test_transformers_layout_converts_to_authors_names():
+    hf = fake_weights(KEYS["transformers_classification"]["keys"])
+    ours, cfg = ck.convert_state_dict(hf)
+    want = KEYS["authors_classification"]["keys"]
+    assert {k: list(v.shape) for k, v in ours.items()} == want
+    # fused qkv = [query; key; value] along the output dimension (NATTEN's reshape(3, heads, D))
+    p = "dinat.encoder.levels.2.layers.1.attention.self."
+    torch.testing.assert_close(ours["levels.2.blocks.1.attn.qkv.weight"], torch.cat(
+        [hf[p + "query.weight"], hf[p + "key.weight"], hf[p + "value.weight"]]), rtol=0, atol=0)
+    assert torch.equal(ours["head.weight"], hf["classifier.weight"])
+    assert torch.equal(ours["norm.bias"], hf["dinat.layernorm.bias"])
+    # layer scale: transformers' [2, dim] rows are the authors' gamma1 / gamma2
+    ls = KEYS["transformers_model_layer_scale"]["keys"]
+    assert ls["encoder.levels.0.layers.0.layer_scale_parameters"] == [2, 64]
+    norms = KEYS["transformers_backbone_norms"]["keys"]
+    assert set(norms) == {f"hidden_states_norms.{s}.{w}" for s in
+                          ("stem", "stage1", "stage2", "stage3", "stage4")
+                          for w in ("weight", "bias")}
+
+
+# ------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("cls", [DinatForImageClassification, DinatBackbone])
+def test_round_trip_authors_and_transformers(cls):
+    cfg = tiny_config(out_features=["stem", "stage1", "stage2", "stage3", "stage4"])
+    sd = randomised(cls(cfg)).state_dict()
+    authors = ck.to_authors(sd)
+    back, _ = ck.convert_state_dict(authors)
+    if cls is DinatForImageClassification:
+        assert_same(back, sd)
+    else:  # the authors' classification layout has no per-output norms
+        assert_same(back, {k: v for k, v in sd.items() if not k.startswith("norm")})
+    kind = "classification" if cls is DinatForImageClassification else "backbone"
+    hf = ck.to_transformers(sd, kind)
+    assert ck.detect_format(hf) == "transformers"
+    back, inferred = ck.convert_state_dict(hf)
+    assert_same(back, sd)
+    assert inferred.layer_scale_init_value > 0 and inferred.kernel_size == 3
+    assert inferred.depths == cfg.depths and inferred.num_heads == cfg.num_heads
+
+
+def test_converted_files_load_into_backbone(tmp_path):
+    cfg = tiny_config()
+    src = randomised(DinatForImageClassification(cfg))
+    torch.save(src.state_dict(), tmp_path / "cls.pth")
+    cfg.save_pretrained(str(tmp_path / "cfg"))
+    tool = load_tool()
+    trunk = {k: v for k, v in src.state_dict().items() if k.startswith(("patch_embed", "levels"))}
+    for to, name, prefix in [("mmengine", "mm.pth", "backbone."),
+                             ("detectron2", "d2.pth", "backbone.bottom_up."),
+                             ("detectron2", "d2.pkl", "backbone.bottom_up."),
+                             ("detectron2", "m2f.pth", "backbone.")]:
+        argv = [str(tmp_path / "cls.pth"), str(tmp_path / name), "--to", to]
+        if name.startswith("m2f"):
+            argv += ["--prefix", prefix]
+        assert tool.main(argv) == 0
+        raw = ck.load_checkpoint_file(tmp_path / name)
+        inner = raw["state_dict"] if to == "mmengine" else raw["model"]
+        assert all(k.startswith(prefix) for k in inner) and len(inner) == len(trunk)
+        bb = DinatBackbone(cfg)
+        rep = ck.load_pretrained(bb, str(tmp_path / name))
+        assert rep.missing_backbone_keys == [] and rep.unexpected_backbone_keys == []
+        assert sorted(rep.newly_initialized) == sorted(
+            f"norm{i}.{w}" for i in range(4) for w in ("weight", "bias"))
+        assert_same({k: v for k, v in bb.state_dict().items() if k in trunk}, trunk)
+    # --to dinat (folder: weights + config.json) and --to transformers, then back
+    # (dilations are not in the weights: without --config the preset would be used)
+    assert tool.main([str(tmp_path / "cls.pth"), str(tmp_path / "dinat_dir"), "--to", "dinat",
+                      "--config", str(tmp_path / "cfg" / "config.json")]) == 0
+    assert tool.main([str(tmp_path / "dinat_dir"), str(tmp_path / "hf"), "--to",
+                      "transformers"]) == 0
+    m = DinatForImageClassification.from_pretrained(str(tmp_path / "hf"))
+    assert m.loading_report.format == "transformers"
+    assert_same(m.state_dict(), src.state_dict())
+    x = torch.randn(1, 3, 40, 56)
+    torch.testing.assert_close(m(x).logits, src(x).logits, rtol=0, atol=0)
+
+
+def test_authors_mask2former_pickle_of_classification_weights(tmp_path):
+    """mask2former/tools/convert-pretrained-dinat-model-to-d2.py pickles the classification
+    state dict (tensors) with '__author__' / 'matching_heuristics'; detectron2 pkl files of
+    numpy arrays go through the same restricted reader."""
+    cfg = tiny_config()
+    sd = randomised(DinatForImageClassification(cfg)).state_dict()
+    with open(tmp_path / "m2f.pkl", "wb") as f:
+        pickle.dump({"model": sd, "__author__": "third_party", "matching_heuristics": True}, f)
+    with open(tmp_path / "np.pkl", "wb") as f:
+        pickle.dump({"model": {"backbone." + k: v.numpy() for k, v in sd.items()},
+                     "__author__": "Detectron2 Model Zoo"}, f, protocol=2)
+    for name, fmt in (("m2f.pkl", "dinat"), ("np.pkl", "mmengine")):
+        bb = DinatBackbone(cfg)
+        rep = ck.load_pretrained(bb, str(tmp_path / name))
+        assert rep.format == fmt and rep.missing_backbone_keys == []
+        assert torch.equal(bb.state_dict()["levels.1.blocks.1.attn.rpb"],
+                           sd["levels.1.blocks.1.attn.rpb"])
+
+
+# ------------------------------------------------------------------------- loading rules
+def test_backbone_strict_report_one_message():
+    cfg = tiny_config()
+    sd = DinatForImageClassification(cfg).state_dict()
+    del sd["levels.1.blocks.0.attn.rpb"]
+    sd["levels.1.blocks.0.attn.extra_table"] = torch.zeros(2)
+    with pytest.raises(ValueError) as e:
+        ck.load_pretrained(DinatBackbone(cfg), sd)
+    msg = str(e.value)
+    assert "1 missing keys: levels.1.blocks.0.attn.rpb" in msg
+    assert "1 unexpected keys: levels.1.blocks.0.attn.extra_table" in msg
+    rep = ck.load_pretrained(DinatBackbone(cfg), sd, strict=False)
+    assert rep.missing_backbone_keys == ["levels.1.blocks.0.attn.rpb"]
+    assert rep.unexpected_backbone_keys == ["levels.1.blocks.0.attn.extra_table"]
+
+
+def test_head_optional_and_new_head_for_other_classes():
+    cfg = tiny_config()
+    src = randomised(DinatForImageClassification(cfg)).state_dict()
+    # a dense-prediction checkpoint (no head, no final norm) into the classifier
+    dense = {k: v for k, v in src.items() if not k.startswith(("head", "norm."))}
+    m = DinatForImageClassification(cfg)
+    rep = ck.load_pretrained(m, dense)
+    assert sorted(rep.newly_initialized) == ["head.bias", "head.weight", "norm.bias",
+                                             "norm.weight"]
+    # another number of classes: the trunk loads, the head starts new, and it is reported
+    m10 = DinatForImageClassification(cfg.copy(num_labels=10))
+    rep = ck.load_pretrained(m10, src)
+    assert "head.weight" in rep.newly_initialized and any("number of classes" in n
+                                                          for n in rep.notes)
+    assert torch.equal(m10.state_dict()["levels.0.blocks.0.attn.qkv.weight"],
+                       src["levels.0.blocks.0.attn.qkv.weight"])
+    # the classifier's own head loads when it fits
+    m5 = DinatForImageClassification(cfg)
+    ck.load_pretrained(m5, src)
+    assert torch.equal(m5.head.weight, src["head.weight"])
+
+
+def test_wrong_variant_is_one_error_with_keys_and_shapes():
+    small = tiny_config()
+    sd = DinatForImageClassification(small).state_dict()
+    other = tiny_config(embed_dim=32)
+    with pytest.raises(ValueError) as e:
+        ck.load_pretrained(DinatBackbone(other), sd)
+    msg = str(e.value)
+    assert "patch_embed.proj.0.weight: checkpoint [8, 3, 3, 3] vs this DinatBackbone " \
+           "[16, 3, 3, 3]" in msg
+    assert "embed_dim=16" in msg
+    deeper = tiny_config(depths=[1, 2, 3, 1], dilations=[[1], [1, 2], [2, 1, 2], [1]])
+    with pytest.raises(ValueError, match=r"weights the config needs are absent, first: "
+                                         r"levels\.2\.blocks\.2\.norm1\.weight \[64\]"):
+        ck.convert_state_dict(sd, deeper)
+    with pytest.raises(ValueError, match="missing keys: levels.2.blocks.2"):
+        ck.load_pretrained(DinatModel(deeper), sd)
+
+
+def test_rpb_resized_for_another_kernel_size():
+    cfg = tiny_config()
+    sd = randomised(DinatForImageClassification(cfg)).state_dict()
+    sd["levels.0.blocks.0.attn.rpb"] = torch.full((1, 5, 5), 0.25)
+    big = DinatForImageClassification(cfg.copy(kernel_size=7))
+    with pytest.warns(UserWarning, match="kernel size changed from 3 to 7: resized 6 RPB"):
+        rep = ck.load_pretrained(big, sd)
+    assert len(rep.resized_keys) == 6
+    got = big.levels[0].blocks[0].attn.rpb
+    assert got.shape == (1, 13, 13)
+    torch.testing.assert_close(got, torch.full((1, 13, 13), 0.25))  # bicubic keeps constants
+    ramp = torch.arange(25.0).view(1, 5, 5)
+    torch.testing.assert_close(ck.resize_rpb(ramp, 3), ramp)  # same size: untouched
+    down = ck.resize_rpb(ck.resize_rpb(ramp, 7), 3)  # 5x5 -> 13x13 -> 5x5
+    assert (down - ramp).abs().max() < 0.6
+    with torch.no_grad():
+        big(torch.randn(1, 3, 64, 64))
+
+
+# ------------------------------------------------------------------------- files
+def test_wrappers_ema_and_optimizer(tmp_path):
+    cfg = tiny_config()
+    model = randomised(DinatForImageClassification(cfg))
+    sd = model.state_dict()
+    ema = {k: v + 1 for k, v in sd.items()}
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 3, 32, 32)).logits.sum().backward()
+    opt.step()
+    timm_style = {"epoch": 3, "arch": "dinat_mini", "state_dict": sd, "state_dict_ema": ema,
+                  "optimizer": opt.state_dict(), "version": 2, "metric": 81.8,
+                  "args": argparse.Namespace(model="dinat_mini", lr=1e-3)}
+    torch.save(timm_style, tmp_path / "timm.pth.tar")
+    m = DinatForImageClassification(cfg)
+    rep = ck.load_pretrained(m, str(tmp_path / "timm.pth.tar"))
+    assert_same(m.state_dict(), sd)
+    assert any("use_ema=True" in n for n in rep.notes)
+    rep = ck.load_pretrained(m, str(tmp_path / "timm.pth.tar"), use_ema=True)
+    assert_same(m.state_dict(), ema)
+    torch.save({"model_ema": ema}, tmp_path / "ema_only.pth")
+    rep = ck.load_pretrained(m, str(tmp_path / "ema_only.pth"))
+    assert any("only EMA" in n for n in rep.notes)
+    with pytest.raises(ValueError, match="holds no weights: top-level keys"):
+        ck.extract_state_dict({"optimizer": opt.state_dict(), "epoch": 1})
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    cfg = tiny_config()
+    sd = DinatForImageClassification(cfg).state_dict()
+    torch.save(sd, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        ck.load_checkpoint_file(tmp_path / "cut.pth")
+    from safetensors.torch import save_file
+    save_file(sd, str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ValueError, match="truncated"):
+        ck.load_checkpoint_file(tmp_path / "cut.safetensors")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        ck.load_checkpoint_file(tmp_path / "empty.pth")
+    # another model's weights
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="no DiNAT weights recognised.*conv1.weight"):
+        ck.load_pretrained(DinatBackbone(cfg), str(tmp_path / "resnet.pth"))
+    # safetensors round trip
+    m = DinatForImageClassification(cfg)
+    ck.load_pretrained(m, str(tmp_path / "full.safetensors"))
+    assert_same(m.state_dict(), sd)
+
+
+class _Payload:
+    """Unpickling this runs open(path, 'w'): a stand-in for arbitrary code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_pickles_are_refused(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    cfg = tiny_config()
+    sd = dict(DinatForImageClassification(cfg).state_dict())
+    sd["levels.0.blocks.0.attn.evil"] = _Payload(str(marker))
+    torch.save(sd, tmp_path / "evil.pth")
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"model": {"x": _Payload(str(marker))}, "__author__": "x"}, f)
+    for name in ("evil.pth", "evil.pkl"):
+        with pytest.raises(ValueError, match=r"refused to load.*needs to run code to load \(it asks for '(io|builtins)\.open'\)"):
+            ck.load_pretrained(DinatBackbone(cfg), str(tmp_path / name))
+        assert not marker.exists()
+    with pytest.raises(ValueError, match="refused"):
+        DinatBackbone.from_pretrained(str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------- from_pretrained
+def test_from_pretrained_folder_file_and_hub_errors(tmp_path, monkeypatch):
+    cfg = tiny_config(dilations=[[1], [2, 1], [1, 2], [1]])
+    src = randomised(DinatForImageClassification(cfg))
+    x = torch.randn(1, 3, 48, 40)
+    # folder with config.json: dilations come from it, outputs are identical
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    ck.save_state_dict(src.state_dict(), folder / "model.safetensors")
+    cfg.save_pretrained(str(folder))
+    m = DinatForImageClassification.from_pretrained(str(folder))
+    assert m.config.dilations == cfg.dilations
+    torch.testing.assert_close(m.eval()(x).logits, src(x).logits, rtol=0, atol=0)
+    # a bare file: the variant from the shapes, dilations from the preset, and a warning
+    torch.save({"model": src.state_dict()}, tmp_path / "bare.pth")
+    with pytest.warns(UserWarning, match="dilations are not stored"):
+        bb, rep = DinatBackbone.from_pretrained(str(tmp_path / "bare.pth"),
+                                                output_loading_info=True,
+                                                out_features=["stage2", "stage4"])
+    assert bb.config.depths == cfg.depths and bb.config.dilations == [[1], [1, 4], [1, 2], [1]]
+    assert bb.out_features == ["stage2", "stage4"] and rep.missing_backbone_keys == []
+    bb = DinatBackbone.from_pretrained(str(tmp_path / "bare.pth"), dilations=cfg.dilations)
+    assert bb.config.dilations == cfg.dilations
+    # a Hub id with no network: a clear error naming the files to fetch by hand
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # as with no network
+    with pytest.raises(ValueError, match=r"could not fetch.*download 'config\.json' and 'pytorch_model\.bin'"):
+        DinatModel.from_pretrained("shi-labs/dinat-mini-in1k-224", cache_dir=str(tmp_path / "c"))
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
+    with pytest.raises(ValueError, match=r"needs huggingface_hub.*pytorch_model\.bin"):
+        DinatModel.from_pretrained("shi-labs/dinat-mini-in1k-224")
+    with pytest.raises(ValueError, match="neither a file"):
+        DinatModel.from_pretrained(str(tmp_path / "nope.pth"))
+
+
+# ------------------------------------------------------------------------- framework adapters
+def test_converted_checkpoint_loads_into_mmengine_adapter(tmp_path):
+    pytest.importorskip("mmengine", reason="mmengine not installed (pip install -e .[mm])")
+    try:
+        from dinat_backbone.mmengine import DiNAT
+    except ImportError as e:
+        pytest.skip(f"dinat_backbone.mmengine unavailable: {e}")
+    cfg = tiny_config()
+    src = randomised(DinatForImageClassification(cfg))
+    torch.save(src.state_dict(), tmp_path / "cls.pth")
+    assert load_tool().main([str(tmp_path / "cls.pth"), str(tmp_path / "mm.pth"),
+                             "--to", "mmengine"]) == 0
+    kw = {k: v for k, v in cfg.to_dict().items()
+          if k in ("embed_dim", "depths", "num_heads", "kernel_size", "dilations", "mlp_ratio")}
+    kw["layer_scale"] = cfg.layer_scale_init_value
+    for ckpt, prefix in ((tmp_path / "mm.pth", "backbone."), (tmp_path / "cls.pth", None)):
+        init = dict(type="Pretrained", checkpoint=str(ckpt))
+        if prefix:
+            init["prefix"] = prefix
+        m = DiNAT(init_cfg=init, **kw)
+        m.init_weights()
+        got = m.state_dict()
+        for k, v in src.state_dict().items():
+            if k.startswith(("patch_embed", "levels")):
+                assert torch.equal(got[k], v), k
