@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""Speed and memory of DiNAT's neighborhood attention and backbone, beside peers in one run.
+
+Sections (all by default; pick with --sections):
+
+* ``op``: the NA op, forward and forward+backward, at representative shapes (stage 1 at 224 and
+  at 800x1216 with dilation 1 and the COCO preset's dilation, and 2x2x56x56x32 k7 d2), for every
+  backend that runs here: ``tiled`` (default), ``gather`` (the naive baseline that gathers each
+  query's k*k keys), ``natten`` and ``flex`` where available and applicable.
+* ``backbone``: DiNAT-mini / DiNAT-tiny (DinatBackbone, four stage outputs) beside torchvision's
+  Swin-T and ConvNeXt-T feature extractors (``.features``, no classifier head), inference
+  (no_grad forward) and training (forward + backward of the sum of the outputs), images/s and
+  peak memory, with ratios against Swin-T measured in the same run, same threads, same dtype.
+* ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
+
+Time: best of --repeats runs after --warmup runs (the machine may be shared; ratios are taken
+between models measured in the same process, interleaved by repeat). Peak memory: the peak of
+tensor memory allocated during one call above what was held before it (from the profiler's
+allocation events; on CUDA, torch.cuda.max_memory_allocated), in a separate run from the timed
+ones. Output: markdown tables; --json PATH also writes the raw numbers.
+
+Examples::
+
+    python tools/benchmark.py                       # everything (about 30-60 min on 2 cores)
+    python tools/benchmark.py --quick               # small subset (a few minutes)
+    python tools/benchmark.py --sections op --backends tiled gather
+    python tools/benchmark.py --sections backbone --models dinat_tiny swin_t --sizes 224
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from dinat_backbone.config import DinatConfig, dilation_preset  # noqa: E402
+
+# (label, shape [B, heads, H, W, D], kernel, dilation)
+OP_SHAPES = [
+    ("stage1@224 d1", (1, 2, 56, 56, 32), 7, 1),
+    ("stage1@224 d8", (1, 2, 56, 56, 32), 7, 8),
+    ("target 2x2x56x56 d2", (2, 2, 56, 56, 32), 7, 2),
+    ("stage1@800x1216 d1", (1, 2, 200, 304, 32), 7, 1),
+    ("stage1@800x1216 d28", (1, 2, 200, 304, 32), 7, 28),
+]
+QUICK_OP_SHAPES = ["stage1@224 d1", "target 2x2x56x56 d2"]
+# (label, batch, height, width)
+SIZES = {"224": (8, 224, 224), "800x1216": (1, 800, 1216)}
+MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
+# NATTEN 0.17.5's CPU kernels, fwd+bwd at 2x2x56x56x32 k7 d2, as measured by the project on this
+# kind of machine (2 cores, loaded). 0.17.5 takes ~14 min to build and does not import on
+# torch >= 2.13, so it cannot be re-measured in the same run here.
+NATTEN_0175_REFERENCE_S = 4.5
+
+
+# ---------------------------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after ``warmup`` calls (seconds)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes of tensor memory allocated during ``fn()`` above what was allocated before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def _mib(n: Optional[float]) -> str:
+    return "-" if n is None else f"{n / 2 ** 20:,.0f}"
+
+
+def _ms(t: Optional[float]) -> str:
+    return "-" if t is None else f"{1e3 * t:,.1f}"
+
+
+def machine_description(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = " load avg %.2f %.2f %.2f," % os.getloadavg()
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (f"{dev}; {cpu}, {os.cpu_count()} logical CPUs,{load} torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def table(headers: List[str], rows: List[List[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------- op section
+def _op_backends(device: torch.device, wanted: Optional[List[str]]) -> List[str]:
+    from dinat_backbone.ops import available_backends
+
+    have = available_backends(device)
+    order = [b for b in ("tiled", "gather", "natten", "flex") if b in have]
+    return [b for b in order if wanted is None or b in wanted]
+
+
+def bench_op(args, device, dtype) -> List[dict]:
+    from dinat_backbone.ops import na2d
+    from dinat_backbone.ops.natten_backend import natten_supports
+
+    shapes = [s for s in OP_SHAPES if not args.quick or s[0] in QUICK_OP_SHAPES]
+    if args.op_shapes:
+        shapes = [s for s in OP_SHAPES if s[0] in args.op_shapes]
+    backends = _op_backends(device, args.backends)
+    results = []
+    for label, shape, k, d in shapes:
+        B, nh, H, W, D = shape
+        g = torch.Generator().manual_seed(0)
+        q, key, v = (torch.randn(shape, generator=g).to(device, dtype) for _ in range(3))
+        rpb = (0.1 * torch.randn(nh, 2 * k - 1, 2 * k - 1, generator=g)).to(device, dtype)
+        for be in backends:
+            row = dict(shape=label, dims="x".join(map(str, shape)), kernel=k, dilation=d,
+                       backend=be, fwd_s=None, fwdbwd_s=None, fwd_mem=None, fwdbwd_mem=None,
+                       note="")
+            if be == "natten":
+                why = natten_supports(q, rpb, False, 0.0)
+                if why:
+                    row["note"] = why
+                    results.append(row)
+                    continue
+            if be == "flex" and device.type == "cpu" and not args.flex_cpu:
+                row["note"] = ("flex on CPU: forward only, compiles ~1 min per shape; "
+                               "--flex-cpu to include")
+                results.append(row)
+                continue
+            if be == "gather" and H * W * B * nh * k * k * D * 4 > args.gather_limit_mb * 2 ** 20:
+                row["note"] = f"skipped: k*k copies exceed --gather-limit-mb {args.gather_limit_mb}"
+                results.append(row)
+                continue
+
+            def fwd():
+                with torch.no_grad():
+                    na2d(q, key, v, k, d, rpb=rpb, backend=be)
+
+            leaves = [t.detach().clone().requires_grad_(True) for t in (q, key, v, rpb)]
+
+            def fwdbwd():
+                out = na2d(leaves[0], leaves[1], leaves[2], k, d, rpb=leaves[3], backend=be)
+                out.backward(torch.ones_like(out))
+                for t in leaves:
+                    t.grad = None
+
+            try:
+                row["fwd_s"] = time_call(fwd, device, args.warmup, args.repeats)
+                row["fwd_mem"] = peak_memory(fwd, device)
+                if be == "flex" and device.type == "cpu":
+                    row["note"] = "no flex backward on CPU"
+                else:
+                    row["fwdbwd_s"] = time_call(fwdbwd, device, args.warmup, args.repeats)
+                    row["fwdbwd_mem"] = peak_memory(fwdbwd, device)
+            except Exception as e:  # report, don't abort the whole run
+                row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            results.append(row)
+            print(f"  op {label} {be}: fwd {_ms(row['fwd_s'])} ms, fwd+bwd "
+                  f"{_ms(row['fwdbwd_s'])} ms {row['note']}", file=sys.stderr, flush=True)
+    return results
+
+
+def op_tables(results: List[dict]) -> str:
+    rows = []
+    base = {(r["shape"]): r for r in results if r["backend"] == "gather"}
+    for r in results:
+        g = base.get(r["shape"])
+        speed = "-"
+        if g and g["fwdbwd_s"] and r["fwdbwd_s"]:
+            speed = f"{g['fwdbwd_s'] / r['fwdbwd_s']:.1f}x"
+        rows.append([r["shape"], r["dims"], f"k{r['kernel']} d{r['dilation']}", r["backend"],
+                     _ms(r["fwd_s"]), _ms(r["fwdbwd_s"]), speed, _mib(r["fwd_mem"]),
+                     _mib(r["fwdbwd_mem"]), r["note"]])
+    text = table(["shape", "B x heads x H x W x D", "kernel", "backend", "fwd ms",
+                  "fwd+bwd ms", "fwd+bwd vs gather", "fwd peak MiB", "fwd+bwd peak MiB",
+                  "note"], rows)
+    tgt = [r for r in results if r["shape"].startswith("target") and r["fwdbwd_s"]]
+    lines = []
+    for r in tgt:
+        lines.append(f"- target shape, {r['backend']}: fwd+bwd {_ms(r['fwdbwd_s'])} ms = "
+                     f"{NATTEN_0175_REFERENCE_S / r['fwdbwd_s']:.0f}x faster than NATTEN 0.17.5's "
+                     f"CPU kernels ({NATTEN_0175_REFERENCE_S} s, the project's reference figure, "
+                     "not re-measured: 0.17.5 does not import on torch >= 2.13)")
+    return text + ("\n\n" + "\n".join(lines) if lines else "")
+
+
+# ---------------------------------------------------------------------------------- backbones
+def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
+    if name.startswith("dinat_"):
+        from dinat_backbone.backbone import DinatBackbone
+
+        variant = name.split("_", 1)[1]
+        base = DinatConfig.from_variant(variant)
+        preset = "imagenet224" if size_label == "224" else "coco"
+        cfg = DinatConfig.from_variant(variant, dilations=dilation_preset(preset, base.depths),
+                                       gradient_checkpointing=ckpt)
+        return DinatBackbone(cfg).to(device, dtype)
+    import torchvision
+
+    if name == "swin_t":
+        return torchvision.models.swin_t().features.to(device, dtype)
+    if name == "convnext_tiny":
+        return torchvision.models.convnext_tiny().features.to(device, dtype)
+    raise ValueError(f"unknown model {name!r}; use one of {MODELS}")
+
+
+def _outputs_sum(out) -> torch.Tensor:
+    if isinstance(out, dict):
+        return sum(o.float().sum() for o in out.values())
+    return out.float().sum()
+
+
+def bench_backbones(args, device, dtype) -> List[dict]:
+    sizes = args.sizes or (["224"] if args.quick else list(SIZES))
+    models = args.models or (["dinat_tiny", "swin_t"] if args.quick else MODELS)
+    results = []
+    for size in sizes:
+        B, H, W = SIZES[size]
+        if args.batch:
+            B = args.batch
+        x = torch.randn(B, 3, H, W).to(device, dtype)
+        built = {}
+        for m in models:
+            try:
+                built[m] = build_model(m, size, device, dtype)
+            except ImportError as e:
+                print(f"  skip {m}: {e}", file=sys.stderr)
+        for mode in ("inference", "training"):
+            fns = {}
+            for m, model in built.items():
+                if mode == "inference":
+                    model.eval()
+
+                    def f(model=model):
+                        with torch.no_grad():
+                            model(x)
+                else:
+                    model.train()
+
+                    def f(model=model):
+                        _outputs_sum(model(x)).backward()
+                        for p in model.parameters():
+                            p.grad = None
+                fns[m] = f
+            # interleave models by repeat so that load changes hit all of them alike
+            best = {m: float("inf") for m in fns}
+            for m, f in fns.items():
+                for _ in range(args.warmup):
+                    f()
+            for _ in range(args.repeats):
+                for m, f in fns.items():
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    f()
+                    _sync(device)
+                    best[m] = min(best[m], time.perf_counter() - t0)
+            for m, f in fns.items():
+                mem = peak_memory(f, device)
+                results.append(dict(size=size, batch=B, mode=mode, model=m, seconds=best[m],
+                                    images_per_s=B / best[m], peak_mem=mem))
+                print(f"  {size} {mode} {m}: {B / best[m]:.2f} img/s, {_mib(mem)} MiB",
+                      file=sys.stderr, flush=True)
+    return results
+
+
+def backbone_tables(results: List[dict]) -> str:
+    rows = []
+    for r in results:
+        ref = next((s for s in results if s["model"] == "swin_t" and s["size"] == r["size"]
+                    and s["mode"] == r["mode"]), None)
+        thr = mem = "-"
+        if ref:
+            thr = f"{r['images_per_s'] / ref['images_per_s']:.2f}"
+            mem = f"{r['peak_mem'] / ref['peak_mem']:.2f}" if ref["peak_mem"] else "-"
+        rows.append([f"{r['size']} (batch {r['batch']})", r["mode"], r["model"],
+                     f"{r['images_per_s']:.2f}", _ms(r["seconds"]), _mib(r["peak_mem"]), thr, mem])
+    return table(["input", "mode", "model", "images/s", "ms / batch", "peak MiB",
+                  "throughput / Swin-T", "memory / Swin-T"], rows)
+
+
+# ---------------------------------------------------------------------------------- checkpointing
+def bench_ckpt(args, device, dtype) -> List[dict]:
+    from dinat_backbone.backbone import DinatBackbone
+
+    res = args.ckpt_size
+    x = torch.randn(1, 3, res, res).to(device, dtype)
+    base = DinatConfig.from_variant(args.ckpt_variant)
+    results = []
+    for on in (False, True):
+        cfg = DinatConfig.from_variant(args.ckpt_variant,
+                                       dilations=dilation_preset("coco", base.depths),
+                                       gradient_checkpointing=on)
+        model = DinatBackbone(cfg).to(device, dtype).train()
+
+        def f():
+            _outputs_sum(model(x)).backward()
+            for p in model.parameters():
+                p.grad = None
+
+        t = time_call(f, device, 0 if args.quick else 1, 1)
+        mem = peak_memory(f, device)
+        results.append(dict(variant=args.ckpt_variant, size=res, checkpointing=on, seconds=t,
+                            peak_mem=mem))
+        print(f"  ckpt {on}: {t:.2f} s, {_mib(mem)} MiB", file=sys.stderr, flush=True)
+    return results
+
+
+def ckpt_table(results: List[dict]) -> str:
+    off = next(r for r in results if not r["checkpointing"])
+    rows = [[f"DiNAT-{r['variant']}", f"{r['size']}x{r['size']}", "on" if r["checkpointing"]
+             else "off", f"{r['seconds']:.2f}", _mib(r["peak_mem"]),
+             f"{r['peak_mem'] / off['peak_mem']:.2f}"] for r in results]
+    return table(["model", "input (batch 1)", "checkpointing", "fwd+bwd s", "peak MiB",
+                  "memory / off"], rows)
+
+
+# ---------------------------------------------------------------------------------- main
+def main(argv=None) -> Dict[str, list]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="+", default=["op", "backbone", "ckpt"],
+                   choices=["op", "backbone", "ckpt"])
+    p.add_argument("--quick", action="store_true", help="small subset, fewer repeats")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--backends", nargs="+", default=None, help="NA backends for the op section")
+    p.add_argument("--op-shapes", nargs="+", default=None,
+                   help="labels from: " + ", ".join(repr(s[0]) for s in OP_SHAPES))
+    p.add_argument("--flex-cpu", action="store_true", help="time flex forward on the CPU")
+    p.add_argument("--gather-limit-mb", type=int, default=4096)
+    p.add_argument("--models", nargs="+", default=None, choices=MODELS)
+    p.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
+    p.add_argument("--batch", type=int, default=None, help="override the batch size")
+    p.add_argument("--ckpt-size", type=int, default=1024)
+    p.add_argument("--ckpt-variant", default="tiny")
+    p.add_argument("--json", default=None, help="also write raw numbers to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 3
+    if args.quick and args.ckpt_size == 1024 and "ckpt" in args.sections:
+        args.ckpt_size = 512
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    out: Dict[str, list] = {}
+    print(f"Machine: {machine_description(device)}; dtype {args.dtype}\n")
+    if "op" in args.sections:
+        out["op"] = bench_op(args, device, dtype)
+        print("### Neighborhood attention op\n")
+        print(op_tables(out["op"]) + "\n")
+    if "backbone" in args.sections:
+        out["backbone"] = bench_backbones(args, device, dtype)
+        print("### Backbones (ratios against Swin-T measured in the same run)\n")
+        print(backbone_tables(out["backbone"]) + "\n")
+    if "ckpt" in args.sections:
+        out["ckpt"] = bench_ckpt(args, device, dtype)
+        print("### Gradient checkpointing (training, peak memory)\n")
+        print(ckpt_table(out["ckpt"]) + "\n")
+    print(f"Finished; {machine_description(device)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=machine_description(device), dtype=args.dtype, **out), f,
+                      indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
