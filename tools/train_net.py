@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Train and evaluate detectron2 detectors with a DiNAT backbone (detectron2's DefaultTrainer).
+
+    # the built-in synthetic demo data, on the CPU
+    python tools/train_net.py --config-file configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml
+    # COCO on 8 GPUs (datasets as detectron2 expects them, $DETECTRON2_DATASETS/coco)
+    python tools/train_net.py --num-gpus 8 \\
+        --config-file configs/detectron2/mask_rcnn_dinat_tiny_fpn_3x.yaml \\
+        MODEL.WEIGHTS /path/to/dinat_tiny_in1k_224.pth
+    # evaluate a trained model; resume an interrupted run
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file CFG --resume
+
+Multi-GPU / multi-machine runs go through ``detectron2.engine.launch`` (``--num-gpus``,
+``--num-machines``, ``--machine-rank``, ``--dist-url``). ``MODEL.WEIGHTS`` may be a detectron2
+checkpoint or a released DiNAT checkpoint (the authors' ``.pth``, transformers, converted files):
+see ``dinat_backbone.detectron2.DinatCheckpointer``. Datasets named ``dinat_demo_coco_{train,val}``
+are generated (``DATASETS.DINAT_DEMO``) and registered on the fly.
+"""
+import logging
+import os
+import sys
+import weakref
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dinat_backbone.detectron2 import INSTALL_HINT, detectron2_available  # noqa: E402
+
+if not detectron2_available():
+    sys.exit(f"tools/train_net.py: {INSTALL_HINT}")
+
+import torch  # noqa: E402
+
+import detectron2.utils.comm as comm  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.engine import (  # noqa: E402
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results  # noqa: E402
+from detectron2.solver.build import maybe_add_gradient_clipping  # noqa: E402
+
+from dinat_backbone.detectron2 import (  # noqa: E402
+    DinatCheckpointer,
+    add_dinat_config,
+    build_dinat_optimizer_params,
+    register_demo_datasets_for,
+)
+
+logger = logging.getLogger("dinat_backbone.train_net")
+
+
+def _full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
+    """An optimizer class that clips the global gradient norm of all its parameters in step()."""
+
+    class FullModelGradientClipping(optimizer_cls):
+        def step(self, closure=None):
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+            return super().step(closure=closure)
+
+    FullModelGradientClipping.__name__ = f"{optimizer_cls.__name__}WithFullModelGradientClipping"
+    return FullModelGradientClipping
+
+
+def build_optimizer(cfg, model):
+    """AdamW (or SGD) over DiNAT's parameter groups (no weight decay on norms / RPB tables),
+    with gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` "full_model" clips the global
+    norm; "value" / "norm" are detectron2's per-parameter clippers."""
+    params = build_dinat_optimizer_params(cfg, model)
+    name = str(cfg.SOLVER.get("OPTIMIZER", "ADAMW")).upper()
+    if name == "ADAMW":
+        cls, kwargs = torch.optim.AdamW, dict(lr=cfg.SOLVER.BASE_LR, betas=(0.9, 0.999))
+    elif name == "SGD":
+        cls, kwargs = torch.optim.SGD, dict(lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                            nesterov=cfg.SOLVER.NESTEROV)
+    else:
+        raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r} is invalid: use 'ADAMW' or "
+                         "'SGD'")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        if clip.CLIP_VALUE <= 0:
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={clip.CLIP_VALUE} is invalid: the "
+                             "maximum gradient norm must be > 0")
+        cls = _full_model_clipping(cls, clip.CLIP_VALUE, clip.NORM_TYPE)
+    else:
+        cls = maybe_add_gradient_clipping(cfg, cls)
+    return cls(params, **kwargs)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer + DiNAT's optimizer groups, COCO evaluation and DinatCheckpointer."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        checkpointer = DinatCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
+                                         trainer=weakref.proxy(self))
+        for h in self._hooks:
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h.checkpointer = checkpointer
+        self.checkpointer = checkpointer
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if kind != "coco":
+            raise ValueError(f"dataset {dataset_name!r} has evaluator_type {kind!r}; "
+                             "tools/train_net.py evaluates COCO-style datasets (COCOEvaluator)")
+        return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_dinat_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if getattr(args, "amp", None) is not None:
+        cfg.SOLVER.AMP.ENABLED = args.amp
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("no CUDA device: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        logging.getLogger(__name__).warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32")
+        cfg.SOLVER.AMP.ENABLED = False
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_demo_datasets_for(cfg)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DinatCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def get_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    amp = parser.add_mutually_exclusive_group()
+    amp.add_argument("--amp", dest="amp", action="store_true", default=None,
+                     help="mixed precision (SOLVER.AMP.ENABLED True; CUDA only)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false",
+                     help="full precision (SOLVER.AMP.ENABLED False)")
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
