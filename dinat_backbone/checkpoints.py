@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
+import copy
 import io
 import json
 import logging
@@ -589,11 +591,13 @@ def _structure(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     for i in range(L):
         idx = blocks.get(i, set())
         depths.append(max(idx) + 1 if idx else 0)
-        rpb = sd.get(f"levels.{i}.blocks.0.attn.rpb")
-        fc1 = sd.get(f"levels.{i}.blocks.0.mlp.fc1.weight")
+        rpb = next((sd[f"levels.{i}.blocks.{j}.attn.rpb"] for j in sorted(idx)
+                    if f"levels.{i}.blocks.{j}.attn.rpb" in sd), None)
+        fc1 = next((sd[f"levels.{i}.blocks.{j}.mlp.fc1.weight"] for j in sorted(idx)
+                    if f"levels.{i}.blocks.{j}.mlp.fc1.weight" in sd), None)
         if rpb is None or fc1 is None:
-            raise ValueError(f"cannot infer the architecture: levels.{i}.blocks.0.attn.rpb or "
-                             "mlp.fc1.weight is missing")
+            raise ValueError(f"cannot infer the architecture: no attn.rpb or mlp.fc1.weight "
+                             f"in levels.{i}; pass a config")
         heads.append(int(rpb.shape[0]))
         kernels.add((int(rpb.shape[-2]) + 1) // 2)
         ratios.append(fc1.shape[0] / (E * 2 ** i))
@@ -602,8 +606,8 @@ def _structure(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     out = dict(embed_dim=E, depths=depths, num_heads=heads, kernel_size=kernels.pop(),
                mlp_ratio=float(ratios[0]),
                num_channels=int(sd[_ANCHOR_DINAT].shape[1]),
-               qkv_bias="levels.0.blocks.0.attn.qkv.bias" in sd,
-               layer_scale="levels.0.blocks.0.gamma1" in sd)
+               qkv_bias=any(k.endswith("attn.qkv.bias") for k in sd),
+               layer_scale=any(k.endswith((".gamma1", ".gamma2")) for k in sd))
     if "head.weight" in sd:
         out["num_labels"] = int(sd["head.weight"].shape[0])
     return out
@@ -999,8 +1003,10 @@ def from_pretrained(cls, path_or_hub_id: Union[str, os.PathLike],
         notes += inf_notes
     elif config_overrides:
         config = config.copy(**{k: v for k, v in config_overrides.items() if k != "variant"})
-    model = cls(config)
+    with _deferred_init():  # every tensor the checkpoint holds is overwritten anyway
+        model = cls(config)
     report = load_pretrained(model, {**sd}, strict=strict)
+    _init_missing(model, report.missing_keys)
     report.source = os.fspath(weights)
     report.format, report.prefix = info["format"], info["prefix"]
     report.notes = info["notes"] + notes + report.notes
@@ -1010,6 +1016,44 @@ def from_pretrained(cls, path_or_hub_id: Union[str, os.PathLike],
             warnings.warn(n, UserWarning, stacklevel=3)
     model.loading_report = report
     return (model, report) if output_loading_info else model
+
+
+@contextlib.contextmanager
+def _deferred_init():
+    """Build a model without its (slow, truncated-normal) initialisation pass; the caller
+    initialises whatever the checkpoint does not provide (see _init_missing)."""
+    from .modeling import DinatPreTrainedModel
+
+    original = DinatPreTrainedModel.__dict__["init_weights"]
+    DinatPreTrainedModel.init_weights = lambda self: None
+    try:
+        yield
+    finally:
+        DinatPreTrainedModel.init_weights = original
+
+
+def _init_missing(model: torch.nn.Module, missing: Iterable[str]) -> None:
+    """Give exactly the ``missing`` tensors the model's own initialisation."""
+    init = getattr(model, "_init_weights", None)
+    if init is None:
+        return
+    owners: Dict[str, List[str]] = {}
+    for k in missing:
+        owner, _, name = k.rpartition(".")
+        owners.setdefault(owner, []).append(name)
+    with torch.no_grad():
+        for owner, names in owners.items():
+            module = model.get_submodule(owner) if owner else model
+            fresh = copy.deepcopy(module)
+            init(fresh)  # this module's own tensors only (not recursive)
+            for n in names:
+                t = getattr(module, n, None)
+                if not torch.is_tensor(t):
+                    continue
+                if n in ("gamma1", "gamma2"):
+                    t.fill_(model.config.layer_scale_init_value)
+                else:
+                    t.copy_(getattr(fresh, n))
 
 
 # ================================================================================== saving

@@ -408,6 +408,28 @@ def test_from_pretrained_folder_file_and_hub_errors(tmp_path, monkeypatch):
         DinatModel.from_pretrained(str(tmp_path / "nope.pth"))
 
 
+def test_from_pretrained_initialises_exactly_what_is_missing(tmp_path):
+    """from_pretrained skips the initialisation pass and initialises the missing tensors only."""
+    cfg = tiny_config(depths=[2, 1, 1, 1], dilations=[[1, 2], [1], [1], [1]], num_labels=300)
+    sd = randomised(DinatForImageClassification(cfg)).state_dict()
+    gone = ["levels.0.blocks.1.attn.rpb", "levels.1.blocks.0.gamma2",
+            "levels.1.blocks.0.mlp.fc1.bias", "head.weight", "head.bias"]
+    kept = {k: v for k, v in sd.items() if k not in gone}
+    torch.save(kept, tmp_path / "partial.pth")
+    m, rep = DinatForImageClassification.from_pretrained(
+        str(tmp_path / "partial.pth"), dilations=cfg.dilations, strict=False,
+        output_loading_info=True)
+    assert sorted(rep.missing_keys) == sorted(gone)
+    got = m.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in kept.items())
+    std = cfg.initializer_range
+    assert abs(got["levels.0.blocks.1.attn.rpb"].std().item() - std) < 0.5 * std
+    assert abs(got["head.weight"].std().item() - std) < 0.2 * std
+    assert torch.equal(got["levels.1.blocks.0.gamma2"],
+                       torch.full((32,), cfg.layer_scale_init_value))
+    assert not got["levels.1.blocks.0.mlp.fc1.bias"].any() and not got["head.bias"].any()
+
+
 # ------------------------------------------------------------------------- framework adapters
 def test_converted_checkpoint_loads_into_mmengine_adapter(tmp_path):
     pytest.importorskip("mmengine", reason="mmengine not installed (pip install -e .[mm])")
