@@ -455,3 +455,35 @@ def test_converted_checkpoint_loads_into_mmengine_adapter(tmp_path):
         for k, v in src.state_dict().items():
             if k.startswith(("patch_embed", "levels")):
                 assert torch.equal(got[k], v), k
+
+
+def test_converted_checkpoint_loads_into_detectron2_adapter(tmp_path):
+    pytest.importorskip("detectron2", reason="detectron2 not installed (install it as its own "
+                        "documentation says; it is not on the package registries)")
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+
+    from dinat_backbone.detectron2 import (BACKBONE_PREFIX, DinatCheckpointer, add_dinat_config,
+                                           build_dinat_fpn_backbone)
+
+    assert BACKBONE_PREFIX == ck.DEFAULT_DETECTRON2_PREFIX
+    cfg = tiny_config()
+    src = randomised(DinatForImageClassification(cfg))
+    torch.save(src.state_dict(), tmp_path / "cls.pth")
+    assert load_tool().main([str(tmp_path / "cls.pth"), str(tmp_path / "d2.pth"),
+                             "--to", "detectron2"]) == 0
+    d2 = get_cfg()
+    add_dinat_config(d2)
+    d2.MODEL.DINAT.EMBED_DIM, d2.MODEL.DINAT.DEPTHS = cfg.embed_dim, cfg.depths
+    d2.MODEL.DINAT.NUM_HEADS, d2.MODEL.DINAT.KERNEL_SIZE = cfg.num_heads, cfg.kernel_size
+    d2.MODEL.DINAT.DILATIONS, d2.MODEL.DINAT.MLP_RATIO = cfg.dilations, cfg.mlp_ratio
+    d2.MODEL.DINAT.LAYER_SCALE = cfg.layer_scale_init_value
+    d2.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    trunk = {k: v for k, v in src.state_dict().items() if k.startswith(("patch_embed", "levels"))}
+    for name in ("d2.pth", "cls.pth"):  # the converted file, and the released layout directly
+        model = torch.nn.Module()
+        model.backbone = build_dinat_fpn_backbone(d2, ShapeSpec(channels=3))
+        DinatCheckpointer(model).load(str(tmp_path / name))
+        got = model.state_dict()
+        for k, v in trunk.items():
+            assert torch.equal(got[BACKBONE_PREFIX + k], v), (name, k)
