@@ -43,8 +43,9 @@ _VARIANT_ALIASES = {"large-k11": "large_k11", "large11": "large_k11", "large_11x
                     "large-11x11": "large_k11"}
 
 # Per-stage dilation patterns of the authors' configs. A stage's list is its pattern repeated
-# (and cut) to the stage's depth, which is how the authors' tiny..large configs extend the mini
-# pattern for depth-18 stages.
+# to the stage's depth; when the depth is not a multiple of the pattern, the remainder is the
+# pattern's tail, as in the authors' depth-18 configs (ADE20K 640: [1,2,1,3,1,4,1,5] x 2 + [1,5];
+# Mask2Former: [1,2,1,3] x 4 + [1,3]); a stage shorter than its pattern takes its head.
 DILATION_PRESETS: Dict[str, Tuple[Tuple[int, ...], ...]] = {
     "imagenet224": ((1, 8, 1), (1, 4, 1, 4), (1, 2), (1, 1)),
     "imagenet384": ((1, 13, 1), (1, 6, 1, 6), (1, 3), (1, 1)),
@@ -60,7 +61,12 @@ _PRESET_ALIASES = {"224": "imagenet224", "imagenet": "imagenet224", "384": "imag
 
 
 def _repeat_to(pattern: Sequence[int], depth: int) -> List[int]:
-    return [int(pattern[i % len(pattern)]) for i in range(depth)]
+    n = len(pattern)
+    if depth < n:
+        return [int(x) for x in pattern[:depth]]
+    rest = depth % n
+    tail = list(pattern[n - rest:]) if rest else []
+    return [int(x) for x in list(pattern) * (depth // n) + tail]
 
 
 def dilation_preset(name: str, depths: Sequence[int] = (3, 4, 6, 5)) -> List[List[int]]:
