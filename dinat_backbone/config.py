@@ -128,6 +128,31 @@ def _as_int_list(value, name: str) -> List[int]:
     return out
 
 
+# Keys a transformers DinatConfig / PretrainedConfig may write that are not fields here; never
+# treated as misspellings of a field.
+_TRANSFORMERS_KEYS = frozenset({
+    "num_layers", "hidden_size", "stage_names", "image_size", "path_norm", "architectures",
+    "torch_dtype", "dtype", "transformers_version", "return_dict", "torchscript", "use_bfloat16",
+    "pruned_heads", "tie_word_embeddings", "is_encoder_decoder", "is_decoder", "variant",
+    "finetuning_task", "tokenizer_class", "prefix", "task_specific_params", "chunk_size_feed_forward",
+})
+
+
+def _check_unknown_keys(kwargs: Dict[str, Any]) -> None:
+    import difflib
+    import inspect
+
+    fields = [p for p in inspect.signature(DinatConfig.__init__).parameters
+              if p not in ("self", "kwargs")]
+    for k in kwargs:
+        if k.startswith("_") or k in _TRANSFORMERS_KEYS:
+            continue
+        close = difflib.get_close_matches(k, fields, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"DinatConfig got an unknown field {k!r}: did you mean {close[0]!r}? "
+                             f"(a misspelt field would be silently ignored; fields: {fields})")
+
+
 class DinatConfig:
     """Configuration of a DiNAT model (defaults: dinat-mini, as ``transformers.DinatConfig()``).
 
@@ -220,7 +245,9 @@ class DinatConfig:
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.label2id = dict(label2id) if label2id is not None else {
             v: k for k, v in self.id2label.items()}
-        # Unknown keys (e.g. from a transformers config.json) are kept for round trips.
+        # Unknown keys (e.g. from a transformers config.json) are kept for round trips, except
+        # near-misses of a field name ("dilation", "kernal_size"), which would be silently ignored.
+        _check_unknown_keys(kwargs)
         self._extra = {k: v for k, v in kwargs.items() if not k.startswith("_")}
         self.validate()
         self.stage_names = ["stem"] + [f"stage{i + 1}" for i in range(len(self.depths))]
@@ -286,7 +313,7 @@ class DinatConfig:
             dil.append(dl)
         self.dilations = dil
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) \
-                or self.mlp_ratio <= 0:
+                or not 0 < self.mlp_ratio < math.inf:
             bad("mlp_ratio", self.mlp_ratio, "must be a positive number (2.0 or 3.0)")
         if not isinstance(self.qkv_bias, bool):
             bad("qkv_bias", self.qkv_bias, "must be True or False")
@@ -296,12 +323,15 @@ class DinatConfig:
                 bad(field, v, "must be a probability in [0, 1)")
         if str(self.hidden_act).lower() not in ACTIVATIONS:
             bad("hidden_act", self.hidden_act, f"use one of {list(ACTIVATIONS)}")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
+        if not isinstance(self.initializer_range, (int, float)) or isinstance(
+                self.initializer_range, bool) or not 0 <= self.initializer_range < math.inf:
             bad("initializer_range", self.initializer_range, "must be >= 0 (0.02)")
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
+        if not isinstance(self.layer_norm_eps, (int, float)) or isinstance(
+                self.layer_norm_eps, bool) or not 0 < self.layer_norm_eps < math.inf:
             bad("layer_norm_eps", self.layer_norm_eps, "must be > 0 (1e-5)")
         if isinstance(self.layer_scale_init_value, bool) or not isinstance(
-                self.layer_scale_init_value, (int, float)) or self.layer_scale_init_value < 0:
+                self.layer_scale_init_value, (int, float)) or not (
+                0 <= self.layer_scale_init_value < math.inf):
             bad("layer_scale_init_value", self.layer_scale_init_value,
                 "must be >= 0 (0 disables layer scale; base uses 1e-5)")
         if isinstance(self.frozen_stages, bool) or not isinstance(self.frozen_stages, int) \
@@ -309,6 +339,10 @@ class DinatConfig:
             bad("frozen_stages", self.frozen_stages,
                 f"must be an integer in [-1, {len(depths)}]: -1 trains everything, 0 freezes the "
                 "patch embedding, i also freezes stages 1..i")
+        for field in ("gradient_checkpointing", "output_hidden_states", "output_attentions",
+                      "use_return_dict"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, getattr(self, field), "must be True or False")
         if self.attention_backend not in ATTENTION_BACKENDS:
             bad("attention_backend", self.attention_backend, f"use one of {list(ATTENTION_BACKENDS)}")
         if self.problem_type not in (None, "regression", "single_label_classification",
@@ -316,6 +350,10 @@ class DinatConfig:
             bad("problem_type", self.problem_type,
                 "use None, 'regression', 'single_label_classification' or "
                 "'multi_label_classification'")
+        if hasattr(self, "out_features"):  # a built config, validated again (e.g. by a model)
+            self.stage_names = ["stem"] + [f"stage{i + 1}" for i in range(len(depths))]
+            self.out_features, self.out_indices = self._align_outputs(self.out_features,
+                                                                      self.out_indices)
 
     def _align_outputs(self, out_features, out_indices):
         names = self.stage_names
@@ -340,6 +378,9 @@ class DinatConfig:
                 raise ValueError(f"DinatConfig.out_indices={list(out_indices)!r} is invalid: "
                                  f"indices must be in [0, {len(names) - 1}] over {names}")
             idx.append(i % len(names))
+        if not idx:
+            raise ValueError(f"DinatConfig.out_features / out_indices select no output: give at "
+                             f"least one of {names} (default: stage1..stage4)")
         if len(set(idx)) != len(idx) or idx != sorted(idx):
             raise ValueError(f"DinatConfig.out_indices={list(out_indices)!r} must be increasing "
                              "and without repeats")

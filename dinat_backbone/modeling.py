@@ -271,14 +271,26 @@ def check_pixel_values(x, num_channels: int, reference: Optional[torch.Tensor] =
     if x.dim() == 3 and x.shape[0] == num_channels:
         raise ValueError(f"pixel_values has shape {tuple(x.shape)}: a single image without the "
                          "batch dimension; use x.unsqueeze(0)")
+    if x.dim() == 3 and x.shape[-1] == num_channels:
+        raise ValueError(f"pixel_values has shape {tuple(x.shape)}: a single channels-last (HWC) "
+                         f"image; the model expects NCHW [B, {num_channels}, H, W]: use "
+                         "x.permute(2, 0, 1).unsqueeze(0)")
     if x.dim() != 4:
         raise ValueError(f"pixel_values must be 4-D [B, {num_channels}, H, W], got shape "
-                         f"{tuple(x.shape)}")
+                         f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) or "
+                         f"reshape to [B, {num_channels}, H, W]")
     if x.shape[1] != num_channels:
         if x.shape[-1] == num_channels:
             raise ValueError(
                 f"pixel_values has shape {tuple(x.shape)}, which looks channels-last (NHWC); "
                 f"the model expects NCHW [B, {num_channels}, H, W]: use x.permute(0, 3, 1, 2)")
+        if x.shape[-1] <= 4 < x.shape[1]:
+            raise ValueError(
+                f"pixel_values has shape {tuple(x.shape)}, which looks channels-last (NHWC) with "
+                f"{x.shape[-1]} channels; the model expects NCHW with {num_channels} channels: "
+                f"use x.permute(0, 3, 1, 2), then convert the channels (grayscale -> RGB with "
+                f"x.expand(-1, 3, -1, -1), RGBA -> RGB with x[:, :3]) or build the model with "
+                f"num_channels={x.shape[-1]}")
         raise ValueError(
             f"pixel_values has {x.shape[1]} channels but the model is configured for "
             f"{num_channels} (num_channels); convert the images (e.g. grayscale -> RGB with "
@@ -288,7 +300,9 @@ def check_pixel_values(x, num_channels: int, reference: Optional[torch.Tensor] =
         raise TypeError(f"pixel_values must be floating point, got {x.dtype}; convert with "
                         "x.float() (and normalise, e.g. (x / 255 - mean) / std)")
     if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"pixel_values has an empty spatial size {tuple(x.shape[2:])}")
+        raise ValueError(f"pixel_values has an empty spatial size {tuple(x.shape[2:])}: height "
+                         "and width must be >= 1 (any size >= 1 works; the model pads small "
+                         "feature maps itself)")
     if reference is not None:
         if x.device != reference.device:
             raise ValueError(f"pixel_values is on {x.device} but the model is on "
@@ -309,6 +323,7 @@ class DinatPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, DinatConfig):
             raise TypeError(f"config must be a DinatConfig, got {type(config).__name__}")
+        config.validate()  # catches fields changed after construction (cfg.kernel_size = 4)
         self.config = config
 
     def _build_trunk(self) -> None:
