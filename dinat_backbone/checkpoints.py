@@ -948,7 +948,7 @@ def _hub_files(repo_id: str, revision: Optional[str], cache_dir: Optional[str]
 
 
 _CONFIG_FIELDS = set(DinatConfig().to_dict()) | {"out_features", "out_indices", "num_labels",
-                                                  "id2label", "label2id", "variant"}
+                                                  "id2label", "label2id"}
 
 
 def from_pretrained(cls, path_or_hub_id: Union[str, os.PathLike],
@@ -995,14 +995,18 @@ def from_pretrained(cls, path_or_hub_id: Union[str, os.PathLike],
             d.pop(k, None)
         config = DinatConfig.from_dict({k: v for k, v in d.items() if k in _CONFIG_FIELDS})
         notes.append(f"config from {cfg_file}")
+        has_scale = any(k.endswith((".gamma1", ".gamma2")) for k in sd)
+        if has_scale != (config.layer_scale_init_value > 0):
+            config = config.copy(layer_scale_init_value=1e-5 if has_scale else 0.0)
+            notes.append(f"layer scale {'on' if has_scale else 'off'} as in the weights "
+                         f"({cfg_file} said otherwise)")
     if config is None:
         overrides = dict(config_overrides)
         dil = overrides.pop("dilations", None)
-        overrides.pop("variant", None)
         config, inf_notes = _infer(sd, dil, **overrides)
         notes += inf_notes
     elif config_overrides:
-        config = config.copy(**{k: v for k, v in config_overrides.items() if k != "variant"})
+        config = config.copy(**config_overrides)
     with _deferred_init():  # every tensor the checkpoint holds is overwritten anyway
         model = cls(config)
     report = load_pretrained(model, {**sd}, strict=strict)

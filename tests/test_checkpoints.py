@@ -10,12 +10,9 @@ import importlib.util
 import json
 import os
 import pickle
-import warnings
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dinat_backbone import (DinatBackbone, DinatConfig, DinatForImageClassification,
                             DinatModel)
@@ -334,12 +331,12 @@ def test_truncated_and_foreign_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
         ck.load_checkpoint_file(tmp_path / "empty.pth")
-    # another model's weights
-    import torchvision
-
-    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
-    with pytest.raises(ValueError, match="no DiNAT weights recognised.*conv1.weight"):
-        ck.load_pretrained(DinatBackbone(cfg), str(tmp_path / "resnet.pth"))
+    # another model's weights (a torch Transformer: names and shapes of a different network)
+    other = torch.nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1,
+                                 num_decoder_layers=1, dim_feedforward=32)
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"no DiNAT weights recognised.*encoder\.layers\.0"):
+        ck.load_pretrained(DinatBackbone(cfg), str(tmp_path / "other.pth"))
     # safetensors round trip
     m = DinatForImageClassification(cfg)
     ck.load_pretrained(m, str(tmp_path / "full.safetensors"))
