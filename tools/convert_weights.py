@@ -77,13 +77,17 @@ def main(argv=None) -> int:
         config = DinatConfig.from_dict({k: v for k, v in d.items() if k in ck._CONFIG_FIELDS})
     else:
         config = inferred
-        print("note: dilations are not stored in weights; config.json gets the classification "
-              f"preset {config.dilations} (edit it, or pass --config)", file=sys.stderr)
+        if a.to == "transformers" or (a.to == "dinat" and _is_dir_target(a.dst)):
+            print("note: dilations are not stored in weights; config.json gets the "
+                  f"classification preset {config.dilations} (edit it, or pass --config)",
+                  file=sys.stderr)
     if a.kernel_size is not None and a.kernel_size != config.kernel_size:
         config = config.copy(kernel_size=a.kernel_size)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sd, config = ck.convert_state_dict(sd, config)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     src_fmt = ck.detect_format(src_obj, a.src_prefix)
 
     if a.to == "dinat":
