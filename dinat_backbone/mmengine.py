@@ -33,6 +33,7 @@ import copy
 import difflib
 import os
 import os.path as osp
+import pickle
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -55,7 +56,7 @@ from .backbone import DinatBackbone
 from .config import VARIANTS, DinatConfig
 
 __all__ = ["DiNAT", "AtomicCheckpointHook", "allow_mmengine_checkpoints", "ADAPTER_FIELDS",
-           "no_decay_custom_keys"]
+           "no_decay_custom_keys", "load_config", "build_runner"]
 
 # Adapter field -> DinatConfig field (the rest have the same name).
 _TO_CORE = {
@@ -272,31 +273,21 @@ class DiNAT(DinatBackbone, BaseModule):
         self._is_init = True
 
     def load_released_checkpoint(self, checkpoint: str, prefix: Optional[str] = None):
-        """Load a released DiNAT checkpoint (path or URL, any supported format) into the trunk."""
-        from .checkpoints import load_checkpoint_file, load_pretrained
+        """Load a released DiNAT checkpoint (path or URL, any supported format) into the trunk.
+
+        The trunk must match (the checkpoint's variant / kernel size); the per-output norms and a
+        classification head are optional (a classification checkpoint has no ``norm0..3``: they
+        keep their initialisation). ``prefix`` picks the backbone out of a detector / segmentor
+        checkpoint (found automatically when omitted). Returns the loading report.
+        """
+        from .checkpoints import load_pretrained
 
         path = _local_file(os.fspath(checkpoint))
-        source: Union[str, dict] = path
-        if prefix:
-            sd = load_checkpoint_file(path)
-            for wrap in ("state_dict", "model"):
-                if isinstance(sd, dict) and isinstance(sd.get(wrap), dict):
-                    sd = sd[wrap]
-            source = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            if not source:
-                raise ValueError(f"DiNAT backbone field init_cfg.prefix={prefix!r}: no key of "
-                                 f"{checkpoint!r} starts with it")
-        report = load_pretrained(self, source, strict=False)
-        missing = list(getattr(report, "missing_keys", []))
-        unexpected = list(getattr(report, "unexpected_keys", []))
-        trunk_missing = [k for k in missing if not re.match(r"norm(\d+|_stem)\.", k)]
-        print_log(f"DiNAT: loaded {checkpoint}; missing keys: {missing or 'none'}; "
-                  f"unexpected keys: {unexpected or 'none'}", logger="current")
-        if trunk_missing:
-            raise ValueError(
-                f"DiNAT backbone field init_cfg.checkpoint={checkpoint!r} does not fit this "
-                f"backbone: {len(trunk_missing)} trunk weights missing (e.g. {trunk_missing[:3]}); "
-                "check variant / embed_dim / depths / kernel_size against the checkpoint")
+        try:
+            report = load_pretrained(self, path, strict=True, prefix=prefix or None)
+        except ValueError as e:
+            raise ValueError(f"DiNAT backbone field init_cfg.checkpoint={checkpoint!r}: {e}") from e
+        print_log(f"DiNAT: loaded {checkpoint}\n{report}", logger="current")
         return report
 
     # ------------------------------------------------------------------ forward
@@ -334,12 +325,20 @@ def allow_mmengine_checkpoints() -> List[Any]:
     """Let ``torch.load(weights_only=True)`` read the checkpoints mmengine writes.
 
     From torch 2.6 ``torch.load`` defaults to ``weights_only=True``, and mmengine 0.10.7 calls it
-    without the argument, so resuming from its own checkpoints fails ("Unsupported global:
-    mmengine.logging.history_buffer.HistoryBuffer"). Instead of loading anything with
-    ``weights_only=False``, this adds exactly the types an mmengine checkpoint holds to torch's
-    allow-list (``torch.serialization.add_safe_globals``): mmengine's ``HistoryBuffer`` (plain
-    numeric logging state) and numpy's array / scalar / dtype reconstructors (data, no code).
-    Any other global in a file is still refused. Returns the list that was added.
+    without the argument, so ``--resume`` / ``load_from`` on its own checkpoints fail
+    ("Unsupported global: mmengine.logging.history_buffer.HistoryBuffer"). Rather than loading
+    anything with ``weights_only=False``, this adds exactly what an mmengine checkpoint holds to
+    torch's allow-list (``torch.serialization.add_safe_globals``):
+
+    * ``HistoryBuffer`` (the message hub's logged numbers) and numpy's array / scalar / dtype
+      reconstructors (data, no code);
+    * a *restricted* stand-in for ``builtins.getattr``: a HistoryBuffer pickles its
+      ``statistics_methods`` dict as ``getattr(HistoryBuffer, 'min')`` etc. The stand-in
+      answers only when the object is the ``HistoryBuffer`` class (or one) and the name one of
+      its public methods, and raises otherwise, so ``getattr`` cannot reach anything else (the
+      real ``getattr`` is never allowed: with it a pickle could walk to ``os.system``).
+
+    Every other global in a file is still refused. Returns what was added.
     """
     import numpy as np
 
@@ -354,13 +353,27 @@ def allow_mmengine_checkpoints() -> List[Any]:
         multiarray = np.core.multiarray
     allowed: List[Any] = [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray,
                           np.dtype]
-    # numpy >= 1.25 pickles dtypes through their classes (numpy.dtypes.Float64DType, ...).
+    # numpy >= 1.25 may pickle dtypes through their classes (numpy.dtypes.Float64DType, ...).
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes)
                     if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    allowed.append((_history_buffer_getattr, "builtins.getattr"))
     add(allowed)
     return allowed
+
+
+def _history_buffer_getattr(obj, name, *default):
+    """``getattr`` for unpickling, limited to a HistoryBuffer's public methods."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    is_buffer = obj is HistoryBuffer or type(obj) is HistoryBuffer
+    if (is_buffer and isinstance(name, str) and not name.startswith("_")
+            and callable(getattr(HistoryBuffer, name, None)) and not default):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f"refused getattr({type(obj).__name__}, {name!r}) while loading a checkpoint: only a "
+        "HistoryBuffer's statistics methods may be looked up (dinat_backbone.mmengine)")
 
 
 # ---------------------------------------------------------------------- atomic checkpoints
@@ -421,6 +434,70 @@ def _atomic_write_text(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- runner helpers (tools/)
+def load_config(config, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
+                launcher: str = "none", resume: Union[bool, str, None] = None, amp: bool = False,
+                load_from: Optional[str] = None):
+    """Read an mmdet / mmseg config and apply the command-line choices of tools/mm_train.py.
+
+    Args:
+        config: path of a Python config, or an mmengine ``Config``.
+        work_dir: where logs and checkpoints go (default: the config's ``work_dir``, else
+            ``./work_dirs/<config name>``).
+        cfg_options: dotted-key overrides (``--cfg-options``).
+        launcher: 'none' or 'pytorch' (mmengine initialises torch.distributed and wraps the
+            model in its DDP; start with ``torchrun``).
+        resume: True / 'auto' resumes from ``work_dir``'s ``last_checkpoint``; a path resumes
+            from that checkpoint (model, optimiser, scheduler, iteration count).
+        amp: train with mmengine's ``AmpOptimWrapper`` (GPU).
+        load_from: weights to start from (not resuming the schedule); for tools/mm_test.py the
+            checkpoint to evaluate.
+    """
+    from mmengine.config import Config
+
+    if launcher not in ("none", "pytorch", "slurm", "mpi"):
+        raise ValueError(f"launcher={launcher!r}: use 'none' or 'pytorch' (torchrun)")
+    cfg = config.copy() if isinstance(config, Config) else Config.fromfile(os.fspath(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = os.fspath(work_dir)
+    elif cfg.get("work_dir") is None:
+        name = osp.splitext(osp.basename(cfg.filename or "dinat"))[0]
+        cfg.work_dir = osp.join("./work_dirs", name)
+    if amp:
+        wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
+        if wrapper == "AmpOptimWrapper":
+            print_log("AMP is already enabled in the config", logger="current")
+        else:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+    if load_from is not None:
+        cfg.load_from = os.fspath(load_from)
+    if resume is not None and resume is not False:
+        cfg.resume = True
+        if resume is not True and resume != "auto":
+            cfg.load_from = os.fspath(resume)
+        elif load_from is None:
+            cfg.load_from = None  # Runner then finds work_dir/last_checkpoint
+    hooks = cfg.get("default_hooks") or {}
+    ck = hooks.get("checkpoint")
+    if ck is not None and ck.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
+        ck.type = "AtomicCheckpointHook"
+    return cfg
+
+
+def build_runner(cfg):
+    """An mmengine Runner for ``cfg`` (the config's ``runner_type`` if it names one)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
 
 
 allow_mmengine_checkpoints()
