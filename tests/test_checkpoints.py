@@ -295,8 +295,11 @@ def test_wrappers_ema_and_optimizer(tmp_path):
     sd = model.state_dict()
     ema = {k: v + 1 for k, v in sd.items()}
     opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(1, 3, 32, 32)).logits.sum().backward()
+    for p in model.parameters():  # an optimiser state with tensors, as after training
+        p.grad = torch.ones_like(p)
     opt.step()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = {k: v + 1 for k, v in sd.items()}
     timm_style = {"epoch": 3, "arch": "dinat_mini", "state_dict": sd, "state_dict_ema": ema,
                   "optimizer": opt.state_dict(), "version": 2, "metric": 81.8,
                   "args": argparse.Namespace(model="dinat_mini", lr=1e-3)}

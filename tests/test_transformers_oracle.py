@@ -112,7 +112,8 @@ def test_classification_matches_transformers(hf, name, tmp_path):
     assert report.missing_keys == [] and report.unexpected_keys == []
     ours.eval()
     diffs = {}
-    for size in SIZES:
+    # dinat-mini: the non-square size only (the two small configs cover both sizes; CI time)
+    for size in SIZES if name != "dinat_mini" else SIZES[1:]:
         x = torch.randn(2 if name != "dinat_mini" else 1, 3, *size)
         with torch.no_grad():
             r = ref(x, output_hidden_states=True)
@@ -143,7 +144,7 @@ def test_base_model_and_backbone_match_transformers(hf, name, tmp_path):
     assert ours_bb.out_features == stages
     assert ours_bb.loading_report.missing_keys == []
     diffs = {}
-    for size in SIZES:
+    for size in SIZES[1:]:  # non-square; both sizes are covered by the classification test
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             r, o = ref(x, output_hidden_states=True), ours(x, output_hidden_states=True)
