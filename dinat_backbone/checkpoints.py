@@ -285,6 +285,9 @@ def extract_state_dict(obj: Any, use_ema: bool = False) -> Tuple[Dict[str, torch
                           if isinstance(obj.get(e), Mapping) and obj[e]]
                 if k in _EMA_KEYS and not use_ema:
                     notes.append(f"only EMA weights found: loaded '{k}'")
+                elif k in _MODEL_KEYS and use_ema:
+                    notes.append(f"use_ema=True but the checkpoint has no EMA weights: "
+                                 f"loaded '{k}'")
                 elif others and not use_ema:
                     notes.append(f"checkpoint also holds {others[0]!r} (EMA weights): pass "
                                  "use_ema=True to load those instead")
