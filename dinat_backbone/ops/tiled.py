@@ -260,33 +260,114 @@ def _plan(H: int, W: int, kh: int, kw: int, dh: int, dw: int, Th: int, Tw: int):
     inv[qpos[valid]] = flat[valid]
     return dict(Nt=Nt, T2=Th * Tw, R2=Rh * Rw, qpos=qpos, valid=valid, rpos=rpos,
                 groups=[tuple(g) for g in groups], cidx=cidx, n_bias=n_bias, inv=inv,
-                HW=H * W)
+                HW=H * W, W=W)
 
 
-_flat_cache: Dict[tuple, dict] = {}
+_index_cache: Dict[tuple, torch.Tensor] = {}
 
 
-def _flat(plan_key: tuple, plan: dict, BH: int, device: torch.device) -> dict:
-    """Indices into [B*heads*H*W] rows for the tile layout [Nt, B*heads, T*T or R*R]."""
-    key = plan_key + (BH, str(device))
-    hit = _flat_cache.get(key)
+def _row_base(x: torch.Tensor):
+    """x [B, heads, H, W, D] as rows of D: (a [M, D] view of its storage, row strides [4]).
+
+    No copy when the last dim is contiguous and the other strides are multiples of D (q, k and
+    v as views of the qkv projection, or permuted channels-last maps, are).
+    """
+    D = x.shape[-1]
+    st = x.stride()
+    if D == 0 or st[-1] != 1 or any(s % D for s in st[:-1]):
+        x = x.contiguous()
+        st = x.stride()
+    rs = tuple(s // D for s in st[:-1])
+    M = 1 + sum((n - 1) * r for n, r in zip(x.shape[:-1], rs))
+    return x.as_strided((M, D), (D, 1)), rs
+
+
+def _canonical_strides(B: int, nh: int, H: int, W: int) -> tuple:
+    """Row strides of the layout [B, H, W, heads] (how outputs and gradients are written)."""
+    return (H * W * nh, 1, W * nh, nh)
+
+
+def _index(plan_key: tuple, plan: dict, B: int, nh: int, rs: tuple, kind: str,
+           device: torch.device) -> torch.Tensor:
+    """Rows (for row strides ``rs``) of the tile layout [Nt, B*heads, T*T or R*R].
+
+    kind "q": tile queries; "r": tile regions; "inv": for every row of the canonical layout
+    [B, H, W, heads], its row in the tile layout of the queries.
+    """
+    key = (plan_key, B, nh, rs, kind, str(device))
+    hit = _index_cache.get(key)
     if hit is not None:
         return hit
-    HW, Nt, T2 = plan["HW"], plan["Nt"], plan["T2"]
-    bh = torch.arange(BH)[None, :, None] * HW
-    qidx = (plan["qpos"][:, None, :] + bh).reshape(-1)
-    ridx = (plan["rpos"][:, None, :] + bh).reshape(-1)
-    # tile layout row of (bh, pos): (tile * BH + bh) * T2 + u, with tile * T2 + u = inv[pos]
-    inv = plan["inv"]
-    tile, u = inv // T2, inv % T2
-    inv_flat = ((tile[None, :] * BH + torch.arange(BH)[:, None]) * T2 + u[None, :]).reshape(-1)
-    hit = dict(qidx=qidx.to(device), ridx=ridx.to(device), inv=inv_flat.to(device),
-               valid=plan["valid"].reshape(Nt, 1, T2, 1).to(device),
-               cidx=plan["cidx"].to(device), all_valid=bool(plan["valid"].all()))
-    if len(_flat_cache) > 128:
-        _flat_cache.clear()
-    _flat_cache[key] = hit
+    W = plan["W"]
+    b = torch.arange(B)[:, None]
+    h = torch.arange(nh)[None, :]
+    if kind == "inv":
+        T2 = plan["T2"]
+        inv = plan["inv"]                                   # [HW]: tile * T2 + u
+        tile, u = inv // T2, inv % T2
+        bh = (b * nh + h)[:, None, :]                        # [B, 1, nh]
+        idx = (tile[None, :, None] * (B * nh) + bh) * T2 + u[None, :, None]
+    else:
+        pos = plan["qpos"] if kind == "q" else plan["rpos"]  # [Nt, X]
+        sB, sh, sH, sW = rs
+        off = (b * sB + h * sh).reshape(1, B * nh, 1)
+        idx = off + ((pos // W) * sH + (pos % W) * sW)[:, None, :]
+    hit = idx.reshape(-1).to(device)
+    if len(_index_cache) > 256:
+        _index_cache.clear()
+    _index_cache[key] = hit
     return hit
+
+
+_misc_cache: Dict[tuple, dict] = {}
+
+
+def _misc(plan_key: tuple, plan: dict, device: torch.device) -> dict:
+    key = (plan_key, str(device))
+    hit = _misc_cache.get(key)
+    if hit is None:
+        hit = dict(valid=plan["valid"].reshape(plan["Nt"], 1, plan["T2"], 1).to(device),
+                   cidx=plan["cidx"].to(device), all_valid=bool(plan["valid"].all()))
+        if len(_misc_cache) > 64:
+            _misc_cache.clear()
+        _misc_cache[key] = hit
+    return hit
+
+
+class _Ctx:
+    """Shape bookkeeping of one call: plan, gathers into the tile layout, scatter back."""
+
+    def __init__(self, q, kh, kw, dh, dw, th, tw):
+        self.B, self.nh, self.H, self.W, self.D = q.shape
+        self.key = (self.H, self.W, kh, kw, dh, dw, th, tw)
+        self.plan = _plan(*self.key)
+        self.misc = _misc(self.key, self.plan, q.device)
+        self.device = q.device
+        self.Nt, self.T2, self.R2 = self.plan["Nt"], self.plan["T2"], self.plan["R2"]
+        self.BH = self.B * self.nh
+        self.canon = _canonical_strides(self.B, self.nh, self.H, self.W)
+
+    def gather(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        base, rs = _row_base(x)
+        idx = _index(self.key, self.plan, self.B, self.nh, rs, kind, self.device)
+        n = self.T2 if kind == "q" else self.R2
+        return base.index_select(0, idx).view(self.Nt, self.BH, n, x.shape[-1])
+
+    def untile(self, xt: torch.Tensor) -> torch.Tensor:
+        """Tile-layout queries [Nt, BH, T2, C] -> [B, heads, H, W, C] (a permuted view)."""
+        C = xt.shape[-1]
+        idx = _index(self.key, self.plan, self.B, self.nh, self.canon, "inv", self.device)
+        out = xt.reshape(-1, C).index_select(0, idx)
+        return out.view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
+
+    def scatter_regions(self, xr: torch.Tensor) -> torch.Tensor:
+        """Sum region-layout rows [Nt, BH, R2, C] into [B, heads, H, W, C] (a permuted view)."""
+        C = xr.shape[-1]
+        idx = _index(self.key, self.plan, self.B, self.nh, self.canon, "r", self.device)
+        out = torch.zeros(self.B * self.H * self.W * self.nh, C, dtype=xr.dtype,
+                          device=xr.device)
+        out.index_add_(0, idx, xr.reshape(-1, C))
+        return out.view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -327,57 +408,44 @@ def _probs(qc, kc, tab, nh, T2, R2, cdt):
     return torch.softmax(logits, -1)
 
 
-def _setup(q, k, v, kh, kw, dh, dw, th, tw):
-    B, nh, H, W, D = q.shape
-    key = (H, W, kh, kw, dh, dw, th, tw)
-    plan = _plan(*key)
-    fl = _flat(key, plan, B * nh, q.device)
-    qt = q.reshape(-1, D).index_select(0, fl["qidx"]).view(plan["Nt"], B * nh, plan["T2"], D)
-    kr = k.reshape(-1, D).index_select(0, fl["ridx"]).view(plan["Nt"], B * nh, plan["R2"], D)
-    vr = v.reshape(-1, v.shape[-1]).index_select(0, fl["ridx"]).view(
-        plan["Nt"], B * nh, plan["R2"], v.shape[-1])
-    return plan, fl, qt, kr, vr
-
-
 def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
     with torch.autocast(q.device.type, enabled=False):
-        B, nh, H, W, D = q.shape
+        c = _Ctx(q, kh, kw, dh, dw, th, tw)
+        nh, Nt, T2, R2, BH = c.nh, c.Nt, c.T2, c.R2, c.BH
         Dv = v.shape[-1]
         cdt = _compute_dtype(q.dtype)
-        plan, fl, qt, kr, vr = _setup(q, k, v, kh, kw, dh, dw, th, tw)
-        qt.mul_(scale)
-        Nt, T2, R2, BH = plan["Nt"], plan["T2"], plan["R2"], B * nh
-        table = _bias_table(rpb, fl["cidx"], plan["n_bias"], nh, cdt)
+        qt = c.gather(q, "q").mul_(scale)
+        kr = c.gather(k, "r")
+        vr = c.gather(v, "r")
+        table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
         out_t = torch.empty(Nt, BH, T2, Dv, dtype=v.dtype, device=v.device)
-        for a, b, g in _chunks(plan["groups"], BH * T2 * R2):
+        for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
             p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
             torch.bmm(p.to(v.dtype), vr[a:b].view(-1, R2, Dv), out=out_t[a:b].view(-1, T2, Dv))
-        out = out_t.view(-1, Dv).index_select(0, fl["inv"]).view(B, nh, H, W, Dv)
-    return out
+        return c.untile(out_t)
 
 
 def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
     with torch.autocast(q.device.type, enabled=False):
-        B, nh, H, W, D = q.shape
+        c = _Ctx(q, kh, kw, dh, dw, th, tw)
+        nh, Nt, T2, R2, BH, D = c.nh, c.Nt, c.T2, c.R2, c.BH, c.D
         Dv = v.shape[-1]
         cdt = _compute_dtype(q.dtype)
-        plan, fl, qt, kr, vr = _setup(q, k, v, kh, kw, dh, dw, th, tw)
-        qt.mul_(scale)
-        Nt, T2, R2, BH = plan["Nt"], plan["T2"], plan["R2"], B * nh
-        dout = dout.to(v.dtype)
-        dot = dout.reshape(-1, Dv).index_select(0, fl["qidx"]).view(Nt, BH, T2, Dv)
-        di = (dout.to(cdt) * out.to(cdt)).sum(-1).reshape(-1)
-        di_t = di.index_select(0, fl["qidx"]).view(Nt, BH, T2, 1)
-        if not fl["all_valid"]:     # padding queries must contribute nothing
-            dot.mul_(fl["valid"].to(dot.dtype))
-            di_t.mul_(fl["valid"].to(cdt))
-        table = _bias_table(rpb, fl["cidx"], plan["n_bias"], nh, cdt)
+        qt = c.gather(q, "q").mul_(scale)
+        kr = c.gather(k, "r")
+        vr = c.gather(v, "r")
+        dot = c.gather(dout.to(v.dtype), "q")
+        di_t = (dot.to(cdt) * c.gather(out, "q").to(cdt)).sum(-1, keepdim=True)
+        if not c.misc["all_valid"]:     # padding queries must contribute nothing
+            dot.mul_(c.misc["valid"].to(dot.dtype))
+            di_t.mul_(c.misc["valid"].to(cdt))
+        table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
         dqt = torch.empty(Nt, BH, T2, D, dtype=q.dtype, device=q.device)
         dkr = torch.empty(Nt, BH, R2, D, dtype=k.dtype, device=k.device)
         dvr = torch.empty(Nt, BH, R2, Dv, dtype=v.dtype, device=v.device)
-        gtab = (torch.zeros(nh, fl["cidx"].shape[0], T2, R2, dtype=cdt,
-                            device=q.device) if rpb_grad else None)
-        for a, b, g in _chunks(plan["groups"], BH * T2 * R2):
+        gtab = (torch.zeros(nh, c.misc["cidx"].shape[0], T2, R2, dtype=cdt, device=q.device)
+                if rpb_grad else None)
+        for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
             n = b - a
             p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
             doc = dot[a:b].view(-1, T2, Dv)
@@ -386,24 +454,28 @@ def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
                 dp = dp.to(cdt)
             ds = dp.sub_(di_t[a:b].view(-1, T2, 1)).mul_(p)
             if gtab is not None:
-                gtab[:, g] += ds.view(n * B, nh, T2, R2).sum(0)
+                gtab[:, g] += ds.view(n * c.B, nh, T2, R2).sum(0)
             ds = ds.to(q.dtype)
             torch.bmm(ds, kr[a:b].view(-1, R2, D), out=dqt[a:b].view(-1, T2, D))
             torch.bmm(ds.transpose(1, 2), qt[a:b].view(-1, T2, D), out=dkr[a:b].view(-1, R2, D))
             torch.bmm(p.to(v.dtype).transpose(1, 2), doc, out=dvr[a:b].view(-1, R2, Dv))
-        dq = dqt.view(-1, D).index_select(0, fl["inv"]).view(B, nh, H, W, D).mul_(scale)
-        dk = torch.zeros(BH * H * W, D, dtype=k.dtype, device=k.device)
-        dk.index_add_(0, fl["ridx"], dkr.view(-1, D))
-        dv = torch.zeros(BH * H * W, Dv, dtype=v.dtype, device=v.device)
-        dv.index_add_(0, fl["ridx"], dvr.view(-1, Dv))
+        dq = c.untile(dqt).mul_(scale)
+        dk = c.scatter_regions(dkr)
+        dv = c.scatter_regions(dvr)
         if gtab is not None:
-            nb = plan["n_bias"]
+            nb = c.plan["n_bias"]
             drpb = torch.zeros(nh, nb + 1, dtype=cdt, device=q.device)
-            drpb.scatter_add_(1, fl["cidx"].reshape(1, -1).expand(nh, -1), gtab.reshape(nh, -1))
+            drpb.scatter_add_(1, c.misc["cidx"].reshape(1, -1).expand(nh, -1),
+                              gtab.reshape(nh, -1))
             drpb = drpb[:, :nb].reshape(rpb.shape).to(rpb.dtype)
         else:
             drpb = q.new_zeros(0)
-    return dq, dk.view(B, nh, H, W, D), dv.view(B, nh, H, W, Dv), drpb
+    return dq, dk, dv, drpb
+
+
+def _like_canonical(x: torch.Tensor, C: int, dtype=None) -> torch.Tensor:
+    B, nh, H, W, _ = x.shape
+    return x.new_empty(B, H, W, nh, C, dtype=dtype).permute(0, 3, 1, 2, 4)
 
 
 @torch.library.custom_op("dinat_backbone::na2d_tiled_fwd", mutates_args=(),
@@ -415,8 +487,7 @@ def _na2d_tiled_fwd(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
 
 @_na2d_tiled_fwd.register_fake
 def _(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
-    B, nh, H, W, _ = q.shape
-    return v.new_empty(B, nh, H, W, v.shape[-1])
+    return _like_canonical(q, v.shape[-1], v.dtype)
 
 
 @torch.library.custom_op("dinat_backbone::na2d_tiled_bwd", mutates_args=(),
@@ -431,7 +502,8 @@ def _na2d_tiled_bwd(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_
 @_na2d_tiled_bwd.register_fake
 def _(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
     drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb
+    return (_like_canonical(q, q.shape[-1]), _like_canonical(k, k.shape[-1]),
+            _like_canonical(v, v.shape[-1]), drpb)
 
 
 def _setup_context(ctx, inputs, output):
@@ -445,7 +517,7 @@ def _backward(ctx, dout):
     q, k, v, rpb, out = ctx.saved_tensors
     kh, kw, dh, dw, scale, th, tw = ctx.params
     rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
-    dq, dk, dv, drpb = _na2d_tiled_bwd(dout.contiguous(), q, k, v, rpb, out, kh, kw, dh,
+    dq, dk, dv, drpb = _na2d_tiled_bwd(dout, q, k, v, rpb, out, kh, kw, dh,
                                        dw, scale, th, tw, rpb_grad)
     return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None, None, None
 
