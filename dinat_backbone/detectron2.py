@@ -154,8 +154,8 @@ def _get(node: Any, key: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """yacs / omegaconf containers -> plain lists (tuples from YAML stay sequences)."""
-    if isinstance(value, (list, tuple)):
+    """Tuples, yacs lists and omegaconf ListConfigs (LazyConfig) -> plain (nested) lists."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [_plain(v) for v in value]
     return value
 
@@ -279,7 +279,8 @@ if _IMPORT_ERROR is None:
         def __init__(self, config: Optional[DinatConfig] = None, *, variant: str = "mini",
                      out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
                      freeze_at: int = 0, **overrides: Any):
-            out_d2 = _d2_out_features(list(out_features))
+            out_d2 = _d2_out_features(_plain(out_features))
+            overrides = {k: _plain(v) for k, v in overrides.items()}
             if config is None:
                 config = DinatConfig.from_variant(variant, **overrides)
             elif not isinstance(config, DinatConfig):
@@ -328,8 +329,9 @@ if _IMPORT_ERROR is None:
             return {"size_divisibility": self.size_divisibility, "square_size": 0}
 
     def _check_fpn_in_features(cfg, bottom_up) -> List[str]:
-        in_features = list(cfg.MODEL.FPN.IN_FEATURES)
         available = list(bottom_up.output_shape())
+        # empty (detectron2's default) = every res* output of the backbone
+        in_features = list(cfg.MODEL.FPN.IN_FEATURES) or [f for f in available if f != "stem"]
         missing = [f for f in in_features if f not in available]
         if missing or not in_features:
             raise ValueError(

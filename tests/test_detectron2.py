@@ -1,0 +1,614 @@
+"""detectron2 adapter (dinat_backbone/detectron2.py), configs/detectron2, tools/train_net.py and
+projects/Mask2Former.
+
+detectron2 is not on the package registries, so these tests skip (with the reason) where it is
+not installed; CI has no detectron2. Only ``test_adapter_without_detectron2`` runs everywhere:
+it hides detectron2 in a subprocess. The Mask2Former tests also need a Mask2Former checkout,
+given by the environment variable MASK2FORMER_ROOT (else they skip with that reason).
+"""
+import glob
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+try:
+    import detectron2  # noqa: F401
+
+    _D2_ERR = None
+except ImportError as e:  # CI
+    _D2_ERR = e
+
+needs_d2 = pytest.mark.skipif(
+    _D2_ERR is not None,
+    reason="detectron2 is not installed (it is not on the package registries: build it from its "
+           "official source to run these tests, see README.md)")
+
+# A tiny DiNAT for fast tests (the arrangement of the real ones, a fraction of the width/depth).
+TINY = dict(EMBED_DIM=16, DEPTHS=[1, 2, 1, 1], NUM_HEADS=[1, 1, 2, 2], KERNEL_SIZE=3,
+            DILATIONS=[[1], [1, 2], [1], [1]], DROP_PATH_RATE=0.0)
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch: on a busy 2-core machine OpenMP with 2 threads is many times
+    slower than 1 (threads wait for each other); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_adapter_without_detectron2():
+    """With detectron2 hidden: the adapter module imports (BACKBONE_PREFIX readable), every
+    detectron2-dependent name raises ImportError saying how to install detectron2, and
+    tools/train_net.py exits with the same instructions."""
+    code = (
+        "import sys; sys.modules['detectron2'] = None\n"
+        "import dinat_backbone.detectron2 as m\n"
+        "assert m.BACKBONE_PREFIX == 'backbone.bottom_up.', m.BACKBONE_PREFIX\n"
+        "assert not m.detectron2_available()\n"
+        "for name in ('D2DiNAT', 'build_dinat_fpn_backbone', 'add_dinat_config', "
+        "'DinatCheckpointer'):\n"
+        "    try:\n"
+        "        getattr(m, name)\n"
+        "    except ImportError as e:\n"
+        "        assert 'install' in str(e) and 'detectron2' in str(e), str(e)\n"
+        "    else:\n"
+        "        raise SystemExit(name + ' did not raise')\n"
+        "sys.argv = ['train_net.py', '--config-file', 'x.yaml']\n"
+        "import runpy\n"
+        "try:\n"
+        "    runpy.run_path('tools/train_net.py', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert 'detectron2' in str(e.code) and 'install' in str(e.code), e.code\n"
+        "else:\n"
+        "    raise SystemExit('train_net did not exit')\n"
+        "print('OK')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _cfg(yaml=None, **dinat):
+    from detectron2.config import get_cfg
+
+    from dinat_backbone.detectron2 import add_dinat_config
+
+    cfg = get_cfg()
+    add_dinat_config(cfg)
+    if yaml:
+        cfg.merge_from_file(os.path.join(ROOT, yaml))
+    for k, v in dinat.items():
+        cfg.MODEL.DINAT[k] = v
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def _shape_spec(cfg):
+    from detectron2.layers import ShapeSpec
+
+    return ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
+
+
+# ----------------------------------------------------------------------------------- backbone
+@needs_d2
+@pytest.mark.parametrize("size", [(37, 53), (65, 31), (1, 1), (100, 67)])
+def test_bottom_up_shapes_and_strides(size, one_thread):
+    """D2DiNAT: res2..res5 with channels / strides of output_shape(); each map is
+    ceil(H / stride) x ceil(W / stride) for any input size (hand-computed)."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = _cfg(**TINY)
+    bb = BACKBONE_REGISTRY.get("D2DiNAT")(cfg, _shape_spec(cfg))
+    shapes = bb.output_shape()
+    assert list(shapes) == ["res2", "res3", "res4", "res5"]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32]
+    assert [s.channels for s in shapes.values()] == [16, 32, 64, 128]
+    h, w = size
+    out = bb(torch.randn(2, 3, h, w))
+    assert list(out) == list(shapes)
+    for name, t in out.items():
+        s = shapes[name]
+        assert t.shape == (2, s.channels, math.ceil(h / s.stride), math.ceil(w / s.stride)), name
+        assert torch.isfinite(t).all()
+
+
+@needs_d2
+def test_out_features_subset_and_stem(one_thread):
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = _cfg(**TINY, OUT_FEATURES=["res5", "stem", "res3"])
+    bb = BACKBONE_REGISTRY.get("D2DiNAT")(cfg, _shape_spec(cfg))
+    assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
+        "stem": (16, 4), "res3": (32, 8), "res5": (128, 32)}
+    out = bb(torch.randn(1, 3, 64, 64))
+    assert sorted(out) == ["res3", "res5", "stem"]
+    assert out["stem"].shape == (1, 16, 16, 16) and out["res5"].shape == (1, 128, 2, 2)
+
+
+@needs_d2
+def test_padding_contract(one_thread):
+    """size_divisibility / padding_constraints agree, and detectron2's own ImageList padding with
+    them gives inputs on which FPN's top-down path lines up (p2..p6 = H/4..H/64)."""
+    from detectron2.modeling import build_backbone
+    from detectron2.structures import ImageList
+
+    cfg = _cfg(**TINY)
+    cfg.MODEL.BACKBONE.NAME = "build_dinat_fpn_backbone"
+    fpn = build_backbone(cfg)
+    bottom_up = fpn.bottom_up
+    assert bottom_up.size_divisibility == 32
+    assert bottom_up.padding_constraints["size_divisibility"] == 32
+    assert bottom_up.padding_constraints.get("square_size", 0) == 0
+    assert fpn.size_divisibility == 32
+    images = ImageList.from_tensors([torch.randn(3, 97, 131), torch.randn(3, 61, 45)],
+                                    bottom_up.size_divisibility,
+                                    padding_constraints=bottom_up.padding_constraints)
+    assert images.tensor.shape[-2:] == (128, 160)
+    out = fpn(images.tensor)
+    spec = fpn.output_shape()
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
+    for name, t in out.items():
+        s = spec[name].stride  # p2..p5 exact; p6 is a stride-2 subsampling of p5 (ceil)
+        assert t.shape[-2:] == (math.ceil(128 / s), math.ceil(160 / s)), name
+        assert t.shape[1] == spec[name].channels == 256
+
+
+@needs_d2
+def test_detection_dilations_on_small_and_multiscale_inputs(one_thread):
+    """The COCO dilations (28 in stage 1) on inputs whose maps are smaller than kernel x
+    dilation, and a multi-scale training size: finite outputs, right shapes."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = _cfg(EMBED_DIM=16, DEPTHS=[3, 4, 2, 2], NUM_HEADS=[1, 1, 2, 2], DILATIONS="coco",
+               DROP_PATH_RATE=0.0)
+    bb = BACKBONE_REGISTRY.get("D2DiNAT")(cfg, _shape_spec(cfg)).eval()
+    assert bb.config.dilations[0] == [1, 28, 1] and bb.config.dilations[1] == [1, 7, 1, 14]
+    with torch.no_grad():
+        for h, w in [(64, 96), (480, 640)]:
+            out = bb(torch.randn(1, 3, h, w))
+            assert out["res2"].shape[-2:] == (h // 4, w // 4)
+            assert all(torch.isfinite(t).all() for t in out.values())
+
+
+@needs_d2
+@pytest.mark.parametrize("key,value,fpn_in", [
+    ("KERNEL_SIZE", 4, None),
+    ("DILATIONS", "nope", None),
+    ("DILATIONS", [[1, 1], [1], [1], [1]], None),
+    ("VARIANT", "huge", None),
+    ("OUT_FEATURES", ["res6"], None),
+    ("FREEZE_AT", 7, None),
+    ("NUM_HEADS", [3, 3, 3, 3], None),
+    ("DROP_PATH_RATE", 1.5, None),
+    ("ATTENTION_BACKEND", "cuda-magic", None),
+    ("OUT_FEATURES", ["res3", "res4", "res5"], ["res2", "res3", "res4", "res5"]),
+])
+def test_invalid_config_fails_at_build_naming_the_key(key, value, fpn_in):
+    from detectron2.modeling import build_backbone
+
+    cfg = _cfg(**TINY)
+    cfg.MODEL.BACKBONE.NAME = "build_dinat_fpn_backbone"
+    cfg.MODEL.DINAT[key] = value
+    if fpn_in:
+        cfg.MODEL.FPN.IN_FEATURES = fpn_in
+    with pytest.raises(ValueError) as e:
+        build_backbone(cfg)
+    want = "MODEL.FPN.IN_FEATURES" if fpn_in else f"MODEL.DINAT.{key}"
+    assert want in str(e.value)
+
+
+@needs_d2
+def test_freeze_at(one_thread):
+    """FREEZE_AT uses detectron2's meaning: 2 = patch embedding + res2 frozen (and kept in eval
+    mode), the rest trains."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = _cfg(**TINY, FREEZE_AT=2)
+    bb = BACKBONE_REGISTRY.get("D2DiNAT")(cfg, _shape_spec(cfg)).train()
+    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("levels") else "")
+              for n, p in bb.named_parameters() if not p.requires_grad}
+    assert frozen == {"patch_embed", "levels.0", "norm0"}
+    assert not bb.levels[0].training and bb.levels[1].training
+    cfg0 = _cfg(**TINY, FREEZE_AT=0)
+    assert all(p.requires_grad for p in BACKBONE_REGISTRY.get("D2DiNAT")(
+        cfg0, _shape_spec(cfg0)).parameters())
+
+
+@needs_d2
+def test_lazyconfig(one_thread):
+    """L(D2DiNAT)(...) instantiates; the shipped LazyConfig files build DiNAT Mask R-CNNs."""
+    from detectron2.config import LazyCall as L
+    from detectron2.config import LazyConfig, instantiate
+
+    from dinat_backbone.detectron2 import D2DiNAT
+
+    bb = instantiate(L(D2DiNAT)(variant="mini", embed_dim=16, depths=[1, 1, 1, 1],
+                                num_heads=[1, 1, 2, 2], kernel_size=3,
+                                dilations=[[1], [1], [1], [1]], out_features=["res4", "res5"]))
+    assert {k: v.stride for k, v in bb.output_shape().items()} == {"res4": 16, "res5": 32}
+    assert bb(torch.randn(1, 3, 50, 70))["res5"].shape == (1, 128, 2, 3)
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/detectron2/lazy/mask_rcnn_dinat_mini_fpn_3x.py"))
+    model = instantiate(cfg.model)
+    assert isinstance(model.backbone.bottom_up, D2DiNAT)
+    assert model.backbone.bottom_up.config.dilations[0] == [1, 28, 1]
+    cfg.optimizer.params.model = model
+    opt = instantiate(cfg.optimizer)
+    rpb = {id(p) for n, p in model.named_parameters() if n.endswith(".rpb")}
+    assert rpb and all(g["weight_decay"] == 0.0 for g in opt.param_groups
+                       if any(id(p) in rpb for p in g["params"]))
+
+
+# ----------------------------------------------------------------------------------- configs
+D2_YAMLS = sorted(f for f in glob.glob(os.path.join(ROOT, "configs/detectron2/*.yaml"))
+                  if not os.path.basename(f).startswith("Base"))
+D2_YAMLS.append(os.path.join(ROOT, "configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml"))
+
+
+@needs_d2
+@pytest.mark.slow
+@pytest.mark.parametrize("path", D2_YAMLS, ids=[os.path.basename(p) for p in D2_YAMLS])
+def test_every_yaml_builds(path, one_thread):
+    """Every shipped detectron2 YAML builds its model (random weights) and runs inference on a
+    small image; the backbone is DiNAT with the config's variant."""
+    from detectron2.modeling import build_model
+
+    from dinat_backbone.config import VARIANTS
+
+    cfg = _cfg(os.path.relpath(path, ROOT))
+    model = build_model(cfg).eval()
+    bu = model.backbone.bottom_up
+    variant = cfg.MODEL.DINAT.VARIANT
+    assert bu.config.embed_dim == VARIANTS[variant]["embed_dim"]
+    assert bu.config.depths == list(VARIANTS[variant]["depths"])
+    if "demo" not in path:
+        assert bu.config.dilations[0] == [1, 28, 1]  # the COCO dilations
+        assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.WEIGHT_DECAY == 0.05
+        assert cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH / 118287 == pytest.approx(36.5,
+                                                                                        abs=0.5)
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 70, 90) * 255, "height": 70, "width": 90}])
+    inst = out[0]["instances"]
+    assert inst.image_size == (70, 90)
+    assert len(inst) == 0 or inst.has("pred_masks")
+
+
+def _m2f_root():
+    root = os.environ.get("MASK2FORMER_ROOT")
+    if root and os.path.isfile(os.path.join(root, "mask2former", "__init__.py")):
+        return root
+    return None
+
+
+M2F_YAMLS = sorted(glob.glob(os.path.join(ROOT, "projects/Mask2Former/configs/**/maskformer2_*.yaml"),
+                             recursive=True))
+needs_m2f = pytest.mark.skipif(
+    _m2f_root() is None,
+    reason="no Mask2Former checkout: set MASK2FORMER_ROOT to a clone of "
+           "facebookresearch/Mask2Former (its requirements installed) to build these configs")
+
+
+def _m2f_glue():
+    path = os.path.join(ROOT, "projects/Mask2Former/mask2former_dinat.py")
+    spec = importlib.util.spec_from_file_location("mask2former_dinat", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@needs_d2
+@needs_m2f
+@pytest.mark.slow
+@pytest.mark.parametrize("path", M2F_YAMLS,
+                         ids=[os.path.relpath(p, os.path.join(ROOT, "projects/Mask2Former/configs"))
+                              for p in M2F_YAMLS])
+def test_every_mask2former_yaml_builds(path, one_thread):
+    """Mask2Former's own MaskFormer model builds with MODEL.BACKBONE.NAME D2DiNAT from every
+    shipped config and predicts on a small image (its PyTorch MSDeformAttn path on a CPU)."""
+    from detectron2.modeling import build_model
+
+    glue = _m2f_glue()
+    cfg = glue.get_cfg(_m2f_root())
+    cfg.merge_from_file(path)
+    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = "", "cpu"
+    model = build_model(cfg).eval()
+    assert type(model.backbone).__name__ == "D2DiNAT"
+    if "large" in path:
+        assert model.backbone.config.kernel_size == 11
+        assert model.backbone.config.dilations[0] == [1, 14, 1]
+        assert model.backbone.config.embed_dim == 192
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 64, 96) * 255, "height": 64, "width": 96}])
+    test = cfg.MODEL.MASK_FORMER.TEST
+    assert ("sem_seg" in out[0]) == test.SEMANTIC_ON
+    assert ("instances" in out[0]) == test.INSTANCE_ON
+    if test.SEMANTIC_ON:
+        assert out[0]["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 64, 96)
+
+
+@needs_d2
+@needs_m2f
+def test_mask2former_train_net_glue():
+    """Mask2Former's own train_net, loaded through the glue: its config has MODEL.DINAT, its
+    Trainer gives the RPB tables no weight decay, checkpoints load through DinatCheckpointer."""
+    from dinat_backbone.detectron2 import DinatCheckpointer
+
+    glue = _m2f_glue()
+    tn = glue.load_train_net(_m2f_root())
+    assert tn.DetectionCheckpointer is DinatCheckpointer
+    cfg = tn.get_cfg()
+    tn.add_deeplab_config(cfg)
+    tn.add_maskformer2_config(cfg)
+    cfg.merge_from_file(os.path.join(
+        ROOT, "projects/Mask2Former/configs/ade20k/semantic-segmentation/"
+              "maskformer2_dinat_tiny_bs16_160k.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    for k, v in TINY.items():
+        cfg.MODEL.DINAT[k] = v
+    model = tn.Trainer.build_model(cfg)
+    opt = tn.Trainer.build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            if n.endswith(".rpb") or ".norm" in n:
+                assert g["weight_decay"] == 0.0, n
+            elif n.endswith("attn.qkv.weight"):
+                assert g["weight_decay"] == 0.05, n
+
+
+# ----------------------------------------------------------------------------------- training
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("dinat_train_net",
+                                                  os.path.join(ROOT, "tools/train_net.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _demo_cfg(tmp, max_iter, out_dir, **extra):
+    from dinat_backbone.detectron2 import register_demo_datasets
+
+    cfg = _cfg("configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml")
+    names = register_demo_datasets(root=os.path.join(tmp, "data"), prefix="dinat_test_coco",
+                                   num_train=6, num_val=3, image_size=128, seed=1,
+                                   max_objects=3)
+    cfg.DATASETS.TRAIN = (names["train"],)
+    cfg.DATASETS.TEST = (names["val"],)
+    cfg.MODEL.DINAT.DILATIONS = 128
+    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
+    cfg.INPUT.MAX_SIZE_TRAIN = cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = 128
+    cfg.INPUT.RANDOM_FLIP = "none"
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+    cfg.SOLVER.STEPS = ()
+    cfg.OUTPUT_DIR = out_dir
+    for k, v in extra.items():
+        node, _, leaf = k.rpartition(".")
+        cfg_node = cfg
+        for part in node.split("."):
+            cfg_node = cfg_node[part]
+        cfg_node[leaf] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """8 iterations of Mask R-CNN-DiNAT-mini (tools/train_net.py's Trainer) on a tiny generated
+    COCO-format dataset, then detectron2's COCOEvaluator on its val split."""
+    if _D2_ERR is not None:
+        pytest.skip("detectron2 is not installed")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = str(tmp_path_factory.mktemp("d2train"))
+    tn = _load_train_net()
+    cfg = _demo_cfg(tmp, 8, os.path.join(tmp, "out"))
+    cfg.freeze()
+    trainer = tn.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    torch.set_num_threads(n)
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    return dict(tmp=tmp, tn=tn, cfg=cfg, trainer=trainer, losses=losses,
+                results=trainer._last_eval_results)
+
+
+@needs_d2
+@pytest.mark.slow
+def test_training_loss_finite_and_decreasing(trained):
+    losses = trained["losses"]
+    assert len(losses) == 8
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
+
+
+@needs_d2
+@pytest.mark.slow
+def test_coco_evaluator_returns_ap(trained):
+    """detectron2's COCOEvaluator (pycocotools) ran on the val split after training and
+    returned box and mask AP (numbers in [0, 100])."""
+    res = trained["results"]
+    for task in ("bbox", "segm"):
+        for k in ("AP", "AP50", "AP75"):
+            v = res[task][k]
+            assert isinstance(v, float) and (0.0 <= v <= 100.0 or math.isnan(v)), (task, k, v)
+    # the evaluator saw the val images: instances_predictions.pth written under OUTPUT_DIR
+    assert os.path.isfile(os.path.join(trained["cfg"].OUTPUT_DIR, "inference",
+                                       "instances_predictions.pth"))
+
+
+@needs_d2
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(trained, one_thread):
+    """--resume: the trainer starts after the last saved iteration, with the saved weights,
+    optimizer and scheduler, and trains to the new MAX_ITER."""
+    cfg = trained["cfg"].clone()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = 10
+    cfg.DATASETS.TEST = ()
+    cfg.freeze()
+    out = cfg.OUTPUT_DIR
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        last = f.read().strip()
+    assert last == "model_final.pth"
+    saved = torch.load(os.path.join(out, last), map_location="cpu", weights_only=False)
+    trainer = trained["tn"].Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == saved["iteration"] + 1 == 8
+    state = trainer.model.state_dict()
+    for k, v in saved["model"].items():
+        assert torch.equal(state[k], torch.as_tensor(v)), k
+    trainer.train()
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    assert len(trainer.storage.history("total_loss").values()) == 2
+
+
+@needs_d2
+@pytest.mark.slow
+def test_train_net_cli_eval_only(trained):
+    """tools/train_net.py --eval-only MODEL.WEIGHTS <trained model> prints the COCO AP table."""
+    tmp, cfg = trained["tmp"], trained["cfg"]
+    code = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from dinat_backbone.detectron2 import register_demo_datasets\n"
+        f"register_demo_datasets(root={os.path.join(tmp, 'data')!r}, prefix='dinat_test_coco', "
+        "num_train=6, num_val=3, image_size=128, seed=1, max_objects=3)\n"
+        "import runpy\n"
+        "sys.argv = ['train_net.py', '--config-file', 'configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml',"
+        " '--eval-only', 'MODEL.WEIGHTS', "
+        f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')!r}, 'OUTPUT_DIR', "
+        f"{os.path.join(tmp, 'eval')!r}, 'DATASETS.TEST', \"('dinat_test_coco_val',)\", "
+        "'MODEL.DINAT.DILATIONS', '128', 'INPUT.MIN_SIZE_TEST', '128', 'INPUT.MAX_SIZE_TEST', '128']\n"
+        "runpy.run_path('tools/train_net.py', run_name='__main__')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+    # same weights, same data -> the same AP as the evaluation at the end of training
+    line = log.split("copypaste: Task: bbox")[1].splitlines()[2]
+    ap = float(line.split("copypaste:")[1].split(",")[0])
+    assert ap == pytest.approx(trained["results"]["bbox"]["AP"], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------- weights
+def _tiny_model():
+    from detectron2.modeling import build_model
+
+    cfg = _cfg("configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml", **TINY)
+    return build_model(cfg)
+
+
+@needs_d2
+@pytest.mark.parametrize("fmt", ["detectron2_pkl", "detectron2_pth", "authors_pth",
+                                 "transformers_safetensors", "mmengine_pth"])
+def test_released_checkpoint_loads_into_backbone(fmt, tmp_path, one_thread):
+    """MODEL.WEIGHTS in each released / converted format loads through DinatCheckpointer into
+    backbone.bottom_up with no missing backbone keys: every tensor equals the source's."""
+    from dinat_backbone import checkpoints as ckpt
+    from dinat_backbone.backbone import DinatBackbone
+    from dinat_backbone.detectron2 import BACKBONE_PREFIX, DinatCheckpointer
+
+    model = _tiny_model()
+    bu = model.backbone.bottom_up
+    src = DinatBackbone(bu.config)  # independent random weights of the same architecture
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    sd = src.state_dict()
+    if fmt == "detectron2_pkl":
+        path = ckpt.save_state_dict(ckpt.to_detectron2(sd, prefix=BACKBONE_PREFIX),
+                                    str(tmp_path / "converted.pkl"))
+    elif fmt == "detectron2_pth":
+        path = str(tmp_path / "converted.pth")
+        torch.save(ckpt.to_detectron2(sd, prefix=BACKBONE_PREFIX), path)
+    elif fmt == "authors_pth":  # classification checkpoint: trunk + final norm + head
+        full = dict(ckpt.to_authors(sd))
+        full["norm.weight"], full["norm.bias"] = torch.ones(128), torch.zeros(128)
+        full["head.weight"], full["head.bias"] = torch.randn(10, 128), torch.zeros(10)
+        path = str(tmp_path / "dinat_tiny_in1k.pth")
+        torch.save({"model": full}, path)
+    elif fmt == "transformers_safetensors":
+        from safetensors.torch import save_file
+
+        path = str(tmp_path / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in ckpt.to_transformers(sd, "backbone").items()},
+                  path)
+    else:
+        path = str(tmp_path / "mmdet.pth")
+        torch.save(ckpt.to_mmengine(sd), path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    DinatCheckpointer(model).load(path)
+    after = model.state_dict()
+    has_out_norms = fmt != "authors_pth"  # classification checkpoints have no norm0..3
+    for k, v in sd.items():
+        key = BACKBONE_PREFIX + k
+        if k.startswith("norm") and not has_out_norms:
+            assert torch.equal(after[key], before[key]), key  # left as initialised
+            continue
+        assert torch.equal(after[key], v), f"{fmt}: {key} not loaded"
+    # nothing outside the backbone changed
+    for k in after:
+        if not k.startswith(BACKBONE_PREFIX):
+            assert torch.equal(after[k], before[k]), k
+
+
+@needs_d2
+def test_checkpoint_of_another_variant_is_refused(tmp_path, one_thread):
+    from dinat_backbone import checkpoints as ckpt
+    from dinat_backbone.backbone import DinatBackbone
+    from dinat_backbone.config import DinatConfig
+    from dinat_backbone.detectron2 import DinatCheckpointer
+
+    model = _tiny_model()
+    other = DinatBackbone(DinatConfig(embed_dim=32, depths=[1, 2, 1, 1], num_heads=[1, 1, 2, 2],
+                                      kernel_size=3, dilations=[[1], [1, 2], [1], [1]]))
+    path = str(tmp_path / "other.pth")
+    torch.save({"model": ckpt.to_authors(other.state_dict())}, path)
+    with pytest.raises(ValueError, match="MODEL.DINAT"):
+        DinatCheckpointer(model).load(path)
+
+
+@needs_d2
+def test_optimizer_groups_follow_the_recipe(one_thread):
+    """AdamW groups: weight decay 0.05 on weights, 0 on LayerNorms and RPB tables; full-model
+    gradient clipping bounds the global gradient norm."""
+    tn = _load_train_net()
+    model = _tiny_model()
+    cfg = _cfg("configs/detectron2/mask_rcnn_dinat_mini_fpn_3x.yaml")
+    opt = tn.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            mod = model.get_submodule(n.rpartition(".")[0])
+            if n.endswith(".rpb") or isinstance(mod, torch.nn.LayerNorm):
+                assert g["weight_decay"] == 0.0, n
+                seen.add("nodecay")
+            elif n.endswith("qkv.weight") or n.endswith("fc1.weight"):
+                assert g["weight_decay"] == 0.05, n
+                seen.add("decay")
+    assert seen == {"nodecay", "decay"}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    lr = [g["lr"] for g in opt.param_groups]
+    opt.step()
+    total = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
+    assert total == pytest.approx(cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE, rel=1e-4)
+    assert lr == [g["lr"] for g in opt.param_groups]
