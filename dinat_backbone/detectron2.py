@@ -112,8 +112,9 @@ _DEFAULTS: Dict[str, Any] = {
     "NUM_HEADS": None,          # [int] * 4
     "KERNEL_SIZE": None,        # odd int (7; 11 for large_k11 / Mask2Former-L)
     # per-stage lists of per-layer dilations, a preset name ("imagenet224", "coco", "ade20k512",
-    # "ade20k640", "mask2former", ...), or a training resolution in pixels (int) from which they
-    # are derived by the authors' rule. None = the variant's ImageNet-224 dilations.
+    # "ade20k640", "mask2former", ...), or a training resolution in pixels (an int, or a string of
+    # digits where a string is already set, e.g. opts over a preset: DILATIONS "'256'") from
+    # which they are derived by the authors' rule. None = the variant's ImageNet-224 dilations.
     "DILATIONS": None,
     "MLP_RATIO": None,          # float
     "QKV_BIAS": True,
@@ -229,6 +230,8 @@ def dinat_config_from_cfg(node: Any, num_channels: int = 3) -> Tuple[DinatConfig
     except ValueError as e:
         raise _translate_error(e, values) from None
     dil = values["DILATIONS"]
+    if isinstance(dil, str) and dil.strip().isdigit():  # "256": a resolution, as an int
+        dil = int(dil)
     if dil is not None:
         if isinstance(dil, bool):
             raise _cfg_error("DILATIONS", dil, "give per-stage lists, a preset name or a "
@@ -402,6 +405,9 @@ if _IMPORT_ERROR is None:
             demo.IMAGE_SIZE = 256
             demo.SEED = 0
             demo.MAX_OBJECTS = 6
+            # "rle" (shapes may overlap; needs INPUT.MASK_FORMAT "bitmask") or "polygon"
+            # (no overlaps; what Mask2Former's COCO instance mappers read)
+            demo.MASK_FORMAT = "rle"
             cfg.DATASETS.DINAT_DEMO = demo
 
     # ------------------------------------------------------------------------- optimizer
@@ -502,7 +508,8 @@ if _IMPORT_ERROR is None:
     def register_demo_datasets(cfg=None, *, root: Optional[str] = None, prefix: str = DEMO_PREFIX,
                                num_train: Optional[int] = None, num_val: Optional[int] = None,
                                image_size: Optional[int] = None, seed: Optional[int] = None,
-                               max_objects: Optional[int] = None) -> Dict[str, str]:
+                               max_objects: Optional[int] = None,
+                               mask_format: Optional[str] = None) -> Dict[str, str]:
         """Generate (if absent) the synthetic COCO-format demo data and register
         ``<prefix>_train`` / ``<prefix>_val`` in detectron2's DatasetCatalog (COCO evaluator).
 
@@ -529,7 +536,8 @@ if _IMPORT_ERROR is None:
         info = demo_data.make_coco_instances(
             root, n_train=int(pick(num_train, "NUM_TRAIN", 300)),
             n_val=int(pick(num_val, "NUM_VAL", 50)), size=int(pick(image_size, "IMAGE_SIZE", 256)),
-            seed=int(pick(seed, "SEED", 0)), max_objects=int(pick(max_objects, "MAX_OBJECTS", 6)))
+            seed=int(pick(seed, "SEED", 0)), max_objects=int(pick(max_objects, "MAX_OBJECTS", 6)),
+            mask_format=str(pick(mask_format, "MASK_FORMAT", "rle")))
         names = {}
         for split in ("train", "val"):
             name = f"{prefix}_{split}"

@@ -39,8 +39,8 @@ def main():
     parser = default_argument_parser()
     parser.add_argument("--mask2former-root", default=None,
                         help="Mask2Former checkout (else $MASK2FORMER_ROOT or PYTHONPATH)")
-    args = parser.parse_args(rest + (["--mask2former-root", known.mask2former_root]
-                                     if known.mask2former_root else []))
+    args = parser.parse_args((["--mask2former-root", known.mask2former_root]
+                              if known.mask2former_root else []) + rest)
     if args.mask2former_root:  # so that spawned workers find the same checkout
         os.environ[mask2former_dinat.ENV_VAR] = os.path.abspath(args.mask2former_root)
     print("Command Line Args:", args)
