@@ -9,7 +9,7 @@ Train with detectron2's tools/lazyconfig_train_net.py (from a detectron2 checkou
 
 (importing this file registers DiNAT; ``train.init_checkpoint`` goes through detectron2's
 DetectionCheckpointer, so give it a detectron2-format file: convert a released checkpoint with
-tools/convert_weights.py, prefix ``backbone.bottom_up.``).
+tools/convert_weights.py SRC DST.pkl --to detectron2).
 """
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
