@@ -18,9 +18,10 @@ safetensors) through :func:`dinat_backbone.checkpoints.load_pretrained`.
 
 Importing this module also
 
-* lets ``torch.load(weights_only=True)`` (the default from torch 2.6) read the checkpoints that
-  mmengine itself writes (see :func:`allow_mmengine_checkpoints`), so ``--resume`` and
-  ``load_from`` work with mmengine 0.10 on current torch;
+* makes mmengine read its own checkpoints with ``torch.load(weights_only=True)`` (the default
+  from torch 2.6), allowing only the few data types they hold (see
+  :func:`allow_mmengine_checkpoints`), so ``--resume`` and ``load_from`` work with mmengine
+  0.10 on current torch;
 * registers ``AtomicCheckpointHook`` (a ``CheckpointHook`` that writes to a temporary name and
   renames, so a kill while saving never leaves a truncated latest checkpoint).
 
@@ -56,7 +57,8 @@ from .backbone import DinatBackbone
 from .config import VARIANTS, DinatConfig
 
 __all__ = ["DiNAT", "AtomicCheckpointHook", "allow_mmengine_checkpoints", "ADAPTER_FIELDS",
-           "no_decay_custom_keys", "load_config", "build_runner"]
+           "no_decay_custom_keys", "load_config", "build_runner", "load_mmengine_checkpoint",
+           "mmengine_safe_globals"]
 
 # Adapter field -> DinatConfig field (the rest have the same name).
 _TO_CORE = {
@@ -295,7 +297,7 @@ class DiNAT(DinatBackbone, BaseModule):
         return tuple(DinatBackbone.forward(self, x).values())
 
 
-def _local_file(checkpoint: str) -> str:
+def _local_file(checkpoint: str, cache: Optional[str] = None) -> str:
     """A local path for ``checkpoint``; URLs are downloaded once into torch's hub cache."""
     if re.match(r"^[a-z][a-z0-9+.-]*://", checkpoint):
         if not checkpoint.startswith(("http://", "https://")):
@@ -304,7 +306,7 @@ def _local_file(checkpoint: str) -> str:
         from urllib.parse import urlparse
 
         name = osp.basename(urlparse(checkpoint).path) or "dinat_checkpoint.pth"
-        cache = osp.join(torch.hub.get_dir(), "checkpoints")
+        cache = cache or osp.join(torch.hub.get_dir(), "checkpoints")
         os.makedirs(cache, exist_ok=True)
         dst = osp.join(cache, name)
         if not osp.isfile(dst):
@@ -321,14 +323,8 @@ def _local_file(checkpoint: str) -> str:
 
 
 # ---------------------------------------------------------------------- torch >= 2.6 loading
-def allow_mmengine_checkpoints() -> List[Any]:
-    """Let ``torch.load(weights_only=True)`` read the checkpoints mmengine writes.
-
-    From torch 2.6 ``torch.load`` defaults to ``weights_only=True``, and mmengine 0.10.7 calls it
-    without the argument, so ``--resume`` / ``load_from`` on its own checkpoints fail
-    ("Unsupported global: mmengine.logging.history_buffer.HistoryBuffer"). Rather than loading
-    anything with ``weights_only=False``, this adds exactly what an mmengine checkpoint holds to
-    torch's allow-list (``torch.serialization.add_safe_globals``):
+def mmengine_safe_globals() -> List[Any]:
+    """What an mmengine checkpoint holds besides tensors, for ``torch.load(weights_only=True)``.
 
     * ``HistoryBuffer`` (the message hub's logged numbers) and numpy's array / scalar / dtype
       reconstructors (data, no code);
@@ -337,14 +333,8 @@ def allow_mmengine_checkpoints() -> List[Any]:
       answers only when the object is the ``HistoryBuffer`` class (or one) and the name one of
       its public methods, and raises otherwise, so ``getattr`` cannot reach anything else (the
       real ``getattr`` is never allowed: with it a pickle could walk to ``os.system``).
-
-    Every other global in a file is still refused. Returns what was added.
     """
     import numpy as np
-
-    add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is None:  # torch < 2.4: weights_only is not the default there
-        return []
     from mmengine.logging.history_buffer import HistoryBuffer
 
     try:
@@ -359,8 +349,57 @@ def allow_mmengine_checkpoints() -> List[Any]:
         allowed += [getattr(dtypes, n) for n in dir(dtypes)
                     if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
     allowed.append((_history_buffer_getattr, "builtins.getattr"))
-    add(allowed)
     return allowed
+
+
+def load_mmengine_checkpoint(filename: str, map_location=None):
+    """``torch.load(filename, weights_only=True)`` with :func:`mmengine_safe_globals` allowed.
+
+    Use this (or mmengine's own loading, which goes through it once this module is imported)
+    to read checkpoints that mmengine wrote. Anything else that needs code to unpickle is
+    refused.
+    """
+    filename = osp.expanduser(os.fspath(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"checkpoint {filename!r} can not be found")
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return torch.load(filename, map_location=map_location, weights_only=True)
+
+
+def _load_url(filename, map_location=None, model_dir=None, progress=False):
+    from mmengine.dist import barrier, get_dist_info
+
+    rank, world = get_dist_info()
+    if rank == 0:
+        path = _local_file(filename, model_dir)
+    if world > 1:
+        barrier()
+        if rank > 0:
+            path = _local_file(filename, model_dir)
+    return load_mmengine_checkpoint(path, map_location)
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Make mmengine read checkpoints with ``weights_only=True`` on torch >= 2.6.
+
+    torch 2.6 made ``weights_only=True`` the default of ``torch.load``; mmengine 0.10.7 calls it
+    without the argument, so resuming from (or ``load_from``) its own checkpoints fails with
+    "Unsupported global: mmengine.logging.history_buffer.HistoryBuffer". Rather than loading
+    with ``weights_only=False`` (which runs whatever code a pickle names), this replaces
+    mmengine's loaders for local paths and http(s) URLs (``CheckpointLoader.register_scheme``,
+    mmengine's extension point) with :func:`load_mmengine_checkpoint`, which allows exactly the
+    types an mmengine checkpoint holds (:func:`mmengine_safe_globals`) for the duration of
+    that one ``torch.load``. Every other global in a file is still refused. (A process-wide
+    ``torch.serialization.add_safe_globals`` is not used: any ``with safe_globals(...)`` block
+    elsewhere that lists the same numpy types removes them again on exit.)
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: nothing to do
+        return
+    CheckpointLoader.register_scheme(prefixes="", force=True)(
+        lambda filename, map_location=None: load_mmengine_checkpoint(filename, map_location))
+    CheckpointLoader.register_scheme(prefixes=("http://", "https://"), force=True)(_load_url)
 
 
 def _history_buffer_getattr(obj, name, *default):
