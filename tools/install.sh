@@ -55,6 +55,12 @@ if ! have "setuptools" || ! "$PY" -c "import pkg_resources, wheel, ninja" >/dev/
   "${PIP[@]}" "setuptools>=64,<81" wheel ninja packaging
 fi
 
+# NATTEN >= 0.20 (optional backend, used only where it computes the same thing; pure Python on
+# a machine without CUDA, so it installs in seconds). Its tests skip without it.
+if ! "$PY" -c "import natten" >/dev/null 2>&1; then
+  "${PIP[@]}" --no-build-isolation "natten>=0.21,<0.22" || log "natten not installed (optional)"
+fi
+
 # A compiled mmcv (mmdet 3.3 / mmseg 1.2 need 2.0.0rc4 <= mmcv < 2.2 with its C++ ops; mmcv-lite
 # has none). mmcv 2.1.0 asks for -std=c++17 while torch >= 2.10 headers need C++20, so the build
 # runs with a compiler wrapper that appends -std=c++20 (the last -std flag wins). pip caches the
