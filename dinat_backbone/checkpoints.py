@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import contextlib
 import copy
 import io
 import json
@@ -1025,18 +1024,13 @@ def from_pretrained(cls, path_or_hub_id: Union[str, os.PathLike],
     return (model, report) if output_loading_info else model
 
 
-@contextlib.contextmanager
 def _deferred_init():
     """Build a model without its (slow, truncated-normal) initialisation pass; the caller
-    initialises whatever the checkpoint does not provide (see _init_missing)."""
-    from .modeling import DinatPreTrainedModel
+    initialises whatever the checkpoint does not provide (see _init_missing). Thread-safe: a
+    context variable, not a patched method."""
+    from .modeling import skip_init
 
-    original = DinatPreTrainedModel.__dict__["init_weights"]
-    DinatPreTrainedModel.init_weights = lambda self: None
-    try:
-        yield
-    finally:
-        DinatPreTrainedModel.init_weights = original
+    return skip_init()
 
 
 def _init_missing(model: torch.nn.Module, missing: Iterable[str]) -> None:

@@ -7,6 +7,8 @@ Parameter names follow the authors' classification code (``patch_embed.proj.{0,1
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -314,6 +316,20 @@ def check_pixel_values(x, num_channels: int, reference: Optional[torch.Tensor] =
 
 
 # ---------------------------------------------------------------------------------- models
+_SKIP_INIT = contextvars.ContextVar("dinat_skip_init", default=False)
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Within this context (per thread / task) models skip their random initialisation pass;
+    used when every tensor is about to be overwritten by a checkpoint."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
 class DinatPreTrainedModel(nn.Module):
     """Shared construction, initialisation and checkpoint loading."""
 
@@ -356,6 +372,8 @@ class DinatPreTrainedModel(nn.Module):
             nn.init.trunc_normal_(module.rpb, std=std)
 
     def init_weights(self) -> None:
+        if _SKIP_INIT.get():
+            return
         self.apply(self._init_weights)
 
     def set_attention_backend(self, backend: str) -> None:
