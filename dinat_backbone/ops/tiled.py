@@ -291,8 +291,8 @@ def _index(plan_key: tuple, plan: dict, B: int, nh: int, rs: tuple, kind: str,
            device: torch.device) -> torch.Tensor:
     """Rows (for row strides ``rs``) of the tile layout [Nt, B*heads, T*T or R*R].
 
-    kind "q": tile queries; "r": tile regions; "inv": for every row of the canonical layout
-    [B, H, W, heads], its row in the tile layout of the queries.
+    kind "q": tile queries; "r": tile regions; "qdst": tile queries, with padding queries sent
+    to a spare row (index M, one past the last row) so that they can be written and dropped.
     """
     key = (plan_key, B, nh, rs, kind, str(device))
     hit = _index_cache.get(key)
@@ -301,17 +301,13 @@ def _index(plan_key: tuple, plan: dict, B: int, nh: int, rs: tuple, kind: str,
     W = plan["W"]
     b = torch.arange(B)[:, None]
     h = torch.arange(nh)[None, :]
-    if kind == "inv":
-        T2 = plan["T2"]
-        inv = plan["inv"]                                   # [HW]: tile * T2 + u
-        tile, u = inv // T2, inv % T2
-        bh = (b * nh + h)[:, None, :]                        # [B, 1, nh]
-        idx = (tile[None, :, None] * (B * nh) + bh) * T2 + u[None, :, None]
-    else:
-        pos = plan["qpos"] if kind == "q" else plan["rpos"]  # [Nt, X]
-        sB, sh, sH, sW = rs
-        off = (b * sB + h * sh).reshape(1, B * nh, 1)
-        idx = off + ((pos // W) * sH + (pos % W) * sW)[:, None, :]
+    pos = plan["rpos"] if kind == "r" else plan["qpos"]      # [Nt, X]
+    sB, sh, sH, sW = rs
+    off = (b * sB + h * sh).reshape(1, B * nh, 1)
+    idx = off + ((pos // W) * sH + (pos % W) * sW)[:, None, :]
+    if kind == "qdst":
+        spare = B * nh * plan["HW"]
+        idx = torch.where(plan["valid"][:, None, :], idx, torch.full_like(idx, spare))
     hit = idx.reshape(-1).to(device)
     if len(_index_cache) > 256:
         _index_cache.clear()
@@ -335,7 +331,7 @@ def _misc(plan_key: tuple, plan: dict, device: torch.device) -> dict:
 
 
 class _Ctx:
-    """Shape bookkeeping of one call: plan, gathers into the tile layout, scatter back."""
+    """Shape bookkeeping of one call: the plan, gathers of tile chunks, scatters back."""
 
     def __init__(self, q, kh, kw, dh, dw, th, tw):
         self.B, self.nh, self.H, self.W, self.D = q.shape
@@ -345,29 +341,30 @@ class _Ctx:
         self.device = q.device
         self.Nt, self.T2, self.R2 = self.plan["Nt"], self.plan["T2"], self.plan["R2"]
         self.BH = self.B * self.nh
+        self.rows = self.BH * self.H * self.W
         self.canon = _canonical_strides(self.B, self.nh, self.H, self.W)
 
-    def gather(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+    def index(self, rs, kind):
+        return _index(self.key, self.plan, self.B, self.nh, rs, kind, self.device)
+
+    def source(self, x: torch.Tensor, kind: str):
+        """(rows of x, their index for the tile layout): gather a chunk with ``take``."""
         base, rs = _row_base(x)
-        idx = _index(self.key, self.plan, self.B, self.nh, rs, kind, self.device)
-        n = self.T2 if kind == "q" else self.R2
-        return base.index_select(0, idx).view(self.Nt, self.BH, n, x.shape[-1])
+        return base, self.index(rs, kind), (self.T2 if kind == "q" else self.R2)
 
-    def untile(self, xt: torch.Tensor) -> torch.Tensor:
-        """Tile-layout queries [Nt, BH, T2, C] -> [B, heads, H, W, C] (a permuted view)."""
-        C = xt.shape[-1]
-        idx = _index(self.key, self.plan, self.B, self.nh, self.canon, "inv", self.device)
-        out = xt.reshape(-1, C).index_select(0, idx)
-        return out.view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
+    def take(self, src, a: int, b: int) -> torch.Tensor:
+        base, idx, n = src
+        m = self.BH * n
+        return base.index_select(0, idx[a * m:b * m]).view(b - a, self.BH, n, base.shape[-1])
 
-    def scatter_regions(self, xr: torch.Tensor) -> torch.Tensor:
-        """Sum region-layout rows [Nt, BH, R2, C] into [B, heads, H, W, C] (a permuted view)."""
-        C = xr.shape[-1]
-        idx = _index(self.key, self.plan, self.B, self.nh, self.canon, "r", self.device)
-        out = torch.zeros(self.B * self.H * self.W * self.nh, C, dtype=xr.dtype,
-                          device=xr.device)
-        out.index_add_(0, idx, xr.reshape(-1, C))
-        return out.view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
+    def canonical(self, C: int, dtype, spare: bool = False) -> torch.Tensor:
+        """A zeroed buffer of rows in the layout [B, H, W, heads] (+ one spare row)."""
+        return torch.zeros(self.rows + int(spare), C, dtype=dtype, device=self.device)
+
+    def view(self, buf: torch.Tensor) -> torch.Tensor:
+        """Canonical rows -> [B, heads, H, W, C] (a permuted view)."""
+        C = buf.shape[-1]
+        return buf[:self.rows].view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -411,66 +408,71 @@ def _probs(qc, kc, tab, nh, T2, R2, cdt):
 def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
     with torch.autocast(q.device.type, enabled=False):
         c = _Ctx(q, kh, kw, dh, dw, th, tw)
-        nh, Nt, T2, R2, BH = c.nh, c.Nt, c.T2, c.R2, c.BH
+        nh, T2, R2, BH = c.nh, c.T2, c.R2, c.BH
         Dv = v.shape[-1]
         cdt = _compute_dtype(q.dtype)
-        qt = c.gather(q, "q").mul_(scale)
-        kr = c.gather(k, "r")
-        vr = c.gather(v, "r")
+        sq, sk, sv = c.source(q, "q"), c.source(k, "r"), c.source(v, "r")
+        qdst = c.index(c.canon, "qdst")
         table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
-        out_t = torch.empty(Nt, BH, T2, Dv, dtype=v.dtype, device=v.device)
+        out = c.canonical(Dv, v.dtype, spare=True)
         for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
-            p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
-            torch.bmm(p.to(v.dtype), vr[a:b].view(-1, R2, Dv), out=out_t[a:b].view(-1, T2, Dv))
-        return c.untile(out_t)
+            p = _probs(c.take(sq, a, b).mul_(scale), c.take(sk, a, b), table[:, g], nh, T2, R2,
+                       cdt)
+            o = torch.bmm(p.to(v.dtype), c.take(sv, a, b).view(-1, R2, Dv))
+            out.index_copy_(0, qdst[a * BH * T2:b * BH * T2], o.view(-1, Dv))
+        return c.view(out)
 
 
 def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
     with torch.autocast(q.device.type, enabled=False):
         c = _Ctx(q, kh, kw, dh, dw, th, tw)
-        nh, Nt, T2, R2, BH, D = c.nh, c.Nt, c.T2, c.R2, c.BH, c.D
+        nh, T2, R2, BH, D = c.nh, c.T2, c.R2, c.BH, c.D
         Dv = v.shape[-1]
         cdt = _compute_dtype(q.dtype)
-        qt = c.gather(q, "q").mul_(scale)
-        kr = c.gather(k, "r")
-        vr = c.gather(v, "r")
-        dot = c.gather(dout.to(v.dtype), "q")
-        di_t = (dot.to(cdt) * c.gather(out, "q").to(cdt)).sum(-1, keepdim=True)
-        if not c.misc["all_valid"]:     # padding queries must contribute nothing
-            dot.mul_(c.misc["valid"].to(dot.dtype))
-            di_t.mul_(c.misc["valid"].to(cdt))
+        sq, sk, sv = c.source(q, "q"), c.source(k, "r"), c.source(v, "r")
+        sdo, sout = c.source(dout.to(v.dtype), "q"), c.source(out, "q")
+        qdst, rdst = c.index(c.canon, "qdst"), c.index(c.canon, "r")
+        valid = None if c.misc["all_valid"] else c.misc["valid"]
         table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
-        dqt = torch.empty(Nt, BH, T2, D, dtype=q.dtype, device=q.device)
-        dkr = torch.empty(Nt, BH, R2, D, dtype=k.dtype, device=k.device)
-        dvr = torch.empty(Nt, BH, R2, Dv, dtype=v.dtype, device=v.device)
+        dq = c.canonical(D, q.dtype, spare=True)
+        dk = c.canonical(D, k.dtype)
+        dv = c.canonical(Dv, v.dtype)
         gtab = (torch.zeros(nh, c.misc["cidx"].shape[0], T2, R2, dtype=cdt, device=q.device)
                 if rpb_grad else None)
         for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
             n = b - a
-            p = _probs(qt[a:b], kr[a:b], table[:, g], nh, T2, R2, cdt)
-            doc = dot[a:b].view(-1, T2, Dv)
-            dp = torch.bmm(doc, vr[a:b].view(-1, R2, Dv).transpose(1, 2))
+            qc, kc, vc = c.take(sq, a, b).mul_(scale), c.take(sk, a, b), c.take(sv, a, b)
+            doc = c.take(sdo, a, b)
+            di = (doc.to(cdt) * c.take(sout, a, b).to(cdt)).sum(-1, keepdim=True)
+            if valid is not None:     # padding queries must contribute nothing
+                doc.mul_(valid[a:b].to(doc.dtype))
+                di.mul_(valid[a:b].to(cdt))
+            p = _probs(qc, kc, table[:, g], nh, T2, R2, cdt)
+            doc = doc.view(-1, T2, Dv)
+            dp = torch.bmm(doc, vc.view(-1, R2, Dv).transpose(1, 2))
             if dp.dtype != cdt:
                 dp = dp.to(cdt)
-            ds = dp.sub_(di_t[a:b].view(-1, T2, 1)).mul_(p)
+            ds = dp.sub_(di.view(-1, T2, 1)).mul_(p)
             if gtab is not None:
                 gtab[:, g] += ds.view(n * c.B, nh, T2, R2).sum(0)
             ds = ds.to(q.dtype)
-            torch.bmm(ds, kr[a:b].view(-1, R2, D), out=dqt[a:b].view(-1, T2, D))
-            torch.bmm(ds.transpose(1, 2), qt[a:b].view(-1, T2, D), out=dkr[a:b].view(-1, R2, D))
-            torch.bmm(p.to(v.dtype).transpose(1, 2), doc, out=dvr[a:b].view(-1, R2, Dv))
-        dq = c.untile(dqt).mul_(scale)
-        dk = c.scatter_regions(dkr)
-        dv = c.scatter_regions(dvr)
+            qrows = slice(a * BH * T2, b * BH * T2)
+            rrows = slice(a * BH * R2, b * BH * R2)
+            dq.index_copy_(0, qdst[qrows], torch.bmm(ds, kc.view(-1, R2, D)).view(-1, D))
+            dk.index_add_(0, rdst[rrows],
+                          torch.bmm(ds.transpose(1, 2), qc.view(-1, T2, D)).view(-1, D))
+            dv.index_add_(0, rdst[rrows],
+                          torch.bmm(p.to(v.dtype).transpose(1, 2), doc).view(-1, Dv))
+        dq = c.view(dq).mul_(scale)
         if gtab is not None:
             nb = c.plan["n_bias"]
             drpb = torch.zeros(nh, nb + 1, dtype=cdt, device=q.device)
             drpb.scatter_add_(1, c.misc["cidx"].reshape(1, -1).expand(nh, -1),
                               gtab.reshape(nh, -1))
-            drpb = drpb[:, :nb].reshape(rpb.shape).to(rpb.dtype)
+            drpb = drpb[:, :nb].reshape(rpb.shape).to(rpb.dtype).contiguous()
         else:
             drpb = q.new_zeros(0)
-    return dq, dk, dv, drpb
+    return dq, c.view(dk), c.view(dv), drpb
 
 
 def _like_canonical(x: torch.Tensor, C: int, dtype=None) -> torch.Tensor:
