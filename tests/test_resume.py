@@ -138,9 +138,12 @@ def _train(cfg, work_dir, *extra, faulty=None, fail_at=None, plain=False):
 
 
 def _load(path):
-    import dinat_backbone.mmengine  # noqa: F401  (allows mmengine's HistoryBuffer in weights_only)
+    """Read a checkpoint the way Runner.resume does (weights_only, with the adapter's scoped
+    allow-list for mmengine's own types)."""
+    import dinat_backbone.mmengine  # noqa: F401  (registers the weights_only loaders)
+    from mmengine.runner.checkpoint import _load_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_checkpoint(str(path), map_location="cpu")
 
 
 def _last(work_dir):
