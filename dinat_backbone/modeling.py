@@ -266,7 +266,13 @@ class NAStage(nn.Module):
 
 
 def check_pixel_values(x, num_channels: int, reference: Optional[torch.Tensor] = None):
-    """Validate an image batch [B, C, H, W]; raise a TypeError/ValueError that says the fix."""
+    """Validate an image batch [B, C, H, W]; raise a TypeError/ValueError that says the fix.
+
+    Any H, W >= 1 and any batch size (0 too) are accepted. Values are not inspected: checking
+    for NaN / inf would cost a device-to-host synchronisation per call. Non-finite pixels
+    propagate instead: every output position whose receptive field holds one is NaN, all other
+    positions are unaffected (tests/test_bad_inputs.py, rows image/nan-pixel, image/inf-pixel).
+    """
     if not torch.is_tensor(x):
         raise TypeError(f"pixel_values must be a torch.Tensor [B, {num_channels}, H, W], got "
                         f"{type(x).__name__}; convert with torch.as_tensor(...)")
