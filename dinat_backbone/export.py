@@ -121,6 +121,9 @@ def export_program(model: nn.Module, example: Optional[torch.Tensor] = None, *,
     if dynamic and (x.shape[2] < min_size or x.shape[3] < min_size):
         raise ValueError(f"example has size {tuple(x.shape[2:])}, below min_size={min_size}: "
                          "trace with a larger example, or pass dynamic=False")
+    if dynamic and x.shape[0] == 1:
+        # torch.export specialises a dimension traced at size 1; trace the batch at size 2.
+        x = x.expand(2, -1, -1, -1).contiguous()
     with torch.no_grad():
         return torch.export.export(m, (x,), dynamic_shapes=_dynamic_shapes(dynamic, min_size,
                                                                            max_size))
