@@ -232,8 +232,19 @@ class DinatConfig:
         self.use_return_dict = use_return_dict
         self.problem_type = problem_type
         # Classification labels (transformers semantics: id2label wins over num_labels).
+        from collections.abc import Mapping
+
+        for name, value in (("id2label", id2label), ("label2id", label2id)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"DinatConfig.{name}={value!r} is invalid: give a dict, e.g. "
+                                 + ("{0: 'cat', 1: 'dog'}" if name == "id2label"
+                                    else "{'cat': 0, 'dog': 1}"))
         if id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            try:
+                self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"DinatConfig.id2label={id2label!r} is invalid: keys must be "
+                                 "class indices (integers), e.g. {0: 'cat', 1: 'dog'}") from None
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(
                     f"num_labels={num_labels} disagrees with id2label ({len(self.id2label)} "
