@@ -22,7 +22,6 @@ detectron2-dependent name then raises an ImportError that says how to install de
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
