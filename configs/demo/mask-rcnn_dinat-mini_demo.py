@@ -1,0 +1,117 @@
+# Mask R-CNN + FPN with DiNAT-mini, from random weights, on the synthetic demo shapes
+# (dinat_backbone.demo_data.make_coco_instances: 256 px, 3 classes). Sized for a CPU: 128-channel
+# FPN and heads, RoIAlign sampling_ratio=2 (mmcv's CPU RoIAlign with 0 costs ~40% of an
+# iteration), AdamW with warm-up and cosine decay. tools/demo.py runs it (and sets the data root,
+# iterations and an optional backbone warm start); by hand:
+#   python tools/make_demo_data.py --out demo_data
+#   python -m mmengine ... / tools/train.py configs/demo/mask-rcnn_dinat-mini_demo.py
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
+
+classes = ('circle', 'square', 'triangle')
+image_size = 256
+# dinat_backbone.derive_dilations(256): per stage the largest dilation whose kernel x dilation
+# still fits the stage's map (64, 32, 16, 8 px), alternating with 1 -- not the COCO preset, which
+# is made for 800-1333 px inputs (stage 1 dilation 28 would wrap a 64 px map).
+dilations = [[1, 9, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
+max_iters = 300
+lr = 1e-3
+warmup_iters = 50
+fpn_channels = 128
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(
+        _delete_=True,
+        type='DiNAT',
+        variant='mini',
+        dilations=dilations,
+        drop_path_rate=0.0,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=fpn_channels, num_outs=5),
+    rpn_head=dict(in_channels=fpn_channels, feat_channels=fpn_channels),
+    roi_head=dict(
+        bbox_roi_extractor=dict(
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
+            out_channels=fpn_channels),
+        bbox_head=dict(in_channels=fpn_channels, fc_out_channels=256, num_classes=len(classes)),
+        mask_roi_extractor=dict(
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2),
+            out_channels=fpn_channels),
+        mask_head=dict(num_convs=2, in_channels=fpn_channels, conv_out_channels=fpn_channels,
+                       num_classes=len(classes))),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=500),
+        rcnn=dict(sampler=dict(num=256))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=300),
+        rcnn=dict(max_per_img=50)))
+
+# ----------------------------------------------------------------------------------- data
+dataset_type = 'CocoDataset'
+data_root = 'demo_data/coco/'
+metainfo = dict(classes=classes, palette=[(220, 20, 60), (0, 130, 255), (250, 170, 30)])
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_sampler=None,
+    dataset=dict(
+        type=dataset_type, data_root=data_root, metainfo=metainfo,
+        ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=4), pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type, data_root=data_root, metainfo=metainfo,
+        ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
+        test_mode=True, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json',
+                     metric=['bbox', 'segm'], format_only=False)
+test_evaluator = val_evaluator
+
+# ------------------------------------------------------------------------------ schedule
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(custom_keys={'rpb': dict(decay_mult=0.0), 'norm': dict(decay_mult=0.0)}),
+    clip_grad=dict(max_norm=10.0, norm_type=2))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters, eta_min=lr * 0.01,
+         by_epoch=False, begin=warmup_iters, end=max_iters),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(type='LogProcessor', window_size=10, by_epoch=False)
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

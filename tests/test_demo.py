@@ -1,0 +1,93 @@
+"""The main job (tools/demo.py) and its configs.
+
+The end-to-end test runs the real command on a tiny generated dataset for a few iterations with
+mmdet and mmseg: it checks that the whole pipeline runs and reports what it must (metrics from the
+frameworks' evaluators, the two PNGs, summary.json), not how well a few iterations learn.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DIR = os.path.join(ROOT, "configs", "demo")
+
+
+def _mm_available():
+    try:
+        import mmcv._ext  # noqa: F401
+        import mmdet  # noqa: F401
+        import mmengine  # noqa: F401
+        import mmseg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_mm = pytest.mark.skipif(not _mm_available(), reason="needs mmengine, mmdet, mmseg and a "
+                              "compiled mmcv (bash tools/install.sh)")
+
+
+@needs_mm
+@pytest.mark.parametrize("name", ["mask-rcnn_dinat-mini_demo.py", "upernet_dinat-mini_demo.py"])
+def test_demo_configs_use_dilations_derived_for_the_demo_resolution(name):
+    from mmengine.config import Config
+
+    from dinat_backbone import derive_dilations
+
+    cfg = Config.fromfile(os.path.join(DEMO_DIR, name))
+    assert cfg.model.backbone.type == "DiNAT" and cfg.model.backbone.variant == "mini"
+    assert cfg.model.backbone.dilations == derive_dilations(cfg.image_size)
+    assert cfg.model.backbone.dilations != [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7], [1, 3, 1, 3, 1]]
+
+
+def test_demo_rejects_bad_flags():
+    for bad in (["--iters", "0"], ["--size", "100"], ["--framework", "caffe"],
+                ["--skip-seg", "--skip-det"]):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), *bad],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "error:" in r.stderr
+
+
+@needs_mm
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path):
+    from PIL import Image
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--framework", "mmdet",
+           "--out", str(out), "--data", str(data), "--n-train", "4", "--n-val", "2",
+           "--size", "96", "--iters", "2", "--seg-iters", "2", "--batch-size", "2",
+           "--device", "cpu"]
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"tools/demo.py CPU time: {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} s")
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    # progress with an ETA from the frameworks' loggers, then the summary with the file paths
+    assert "Iter(train) [2/2]" in log and "eta:" in log
+    assert str(out / "detections.png") in r.stdout and str(out / "segmentation.png") in r.stdout
+    with open(out / "summary.json") as f:
+        s = json.load(f)
+    det, seg = s["detection"]["metrics"], s["segmentation"]
+    # CocoMetric (pycocotools) and IoUMetric ran: AP in [0, 1], mIoU in [0, 100]
+    for k in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP"):
+        assert 0.0 <= det[k] <= 1.0, (k, det)
+    assert 0.0 <= seg["mIoU"] <= 100.0 and 0.0 < seg["majority_baseline_mIoU"] < 100.0
+    assert s["detection"]["warm_start"] == "segmenter"
+    from dinat_backbone import derive_dilations
+
+    assert s["detection"]["dilations"] == derive_dilations(96)
+    # the pictures: detections (2 rows of 96 px tiles) and segmentation (3 columns of 96 px)
+    with Image.open(out / "detections.png") as im:
+        assert im.size[1] == 2 * 96 and im.size[0] > 2 * 96
+    with Image.open(out / "segmentation.png") as im:
+        assert im.size[0] == 3 * 96 and im.size[1] == 40 + 2 * 96
+    assert os.path.isfile(s["detection"]["checkpoint"])
+    assert os.path.isfile(s["segmentation"]["checkpoint"])
