@@ -208,6 +208,21 @@ def _empty_batch_check(res):
     assert all(t.numel() == 0 for t in out.values())
 
 
+def _empty_batch_backward():
+    m = DinatBackbone(tiny_config()).train()
+    x = image(0, 3, 45, 29)
+    out = m(x)
+    sum(t.sum() for t in out.values()).backward()
+    return m, x, out
+
+
+def _zero_grads(res):
+    m, x, out = res
+    _check_sizes(m, x, out)
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and not g.any() for g in grads)  # gradient of an empty loss: 0
+
+
 def _bad_pixel(value, where=(0, 2, 37, 20)):
     """Run the model on an image with one non-finite pixel, and on the same image with that
     pixel set to 0."""
@@ -507,6 +522,7 @@ ROWS = [
     Row("image/size-0x32", forward(model(), image(1, 3, 0, 32)),
         Clear(ValueError, "empty spatial size (0, 32)", "must be >= 1")),
     Row("image/batch-0", forward(model(), image(0, 3, 45, 29)), Correct(_empty_batch_check)),
+    Row("image/batch-0-training-step", _empty_batch_backward, Correct(_zero_grads)),
     # ---------------------------------------------------------------- images: dtypes, values
     Row("image/uint8", forward(model(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
         Clear(TypeError, "floating point", "torch.uint8", "x.float()", "normalise")),

@@ -155,6 +155,15 @@ def na2d(
         out [B, heads, H, W, D], or (out, attn) when ``return_attn``.
     """
     ks, dil, scale = _validate(query, key, value, kernel_size, dilation, rpb, scale, backend)
+    if query.numel() == 0 or value.numel() == 0:
+        # Empty batch (or zero heads / head_dim): nothing to attend; answer here, for every
+        # backend, with empty results still connected to the inputs for autograd.
+        link = query.sum() + key.sum() + (rpb.sum() if rpb is not None else 0)
+        out = value * 0 + (link * 0).to(value.dtype)
+        if not return_attn:
+            return out
+        attn = query.new_zeros(query.shape[:4] + (ks[0] * ks[1],)) + (link * 0).to(query.dtype)
+        return out, attn
     if _FLOP_TRACE and torch.jit.is_tracing():
         out, attn = NeighborhoodAttention2DFunction.apply(query, key, value, rpb, ks[0], ks[1],
                                                           dil[0], dil[1], scale)
