@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -206,7 +205,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(setup, uninterrupted)
 
     r = _train(cfg, wd, "--resume")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"resumed" in (r.stdout + r.stderr).lower()
+    assert "resumed" in (r.stdout + r.stderr).lower()
     _assert_same_training_state(_final(wd), uninterrupted)
 
 

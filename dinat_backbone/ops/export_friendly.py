@@ -23,7 +23,6 @@ from typing import Optional, Tuple
 
 import torch
 
-from .windows import softmax
 
 __all__ = ["axis_tables", "na2d_export", "pad_for_export"]
 
