@@ -173,12 +173,14 @@ def fast_tile(L: int, k: int, d: int) -> int:
     """Queries per tile on an axis for the fast path (measured on CPU; see tools/benchmark.py).
 
     Larger tiles waste more logits ((T + k - 1)^2 per query instead of k^2), smaller ones copy
-    the keys and values more often ((T + k - 1)^2 / T^2 times) and run more, smaller matmuls.
+    the keys and values more often ((T + k - 1)^2 / T^2 times) and run more, smaller matmuls;
+    about 6 queries per axis was best for k = 7 (4-6 within noise), and a sub-grid barely
+    larger than the kernel is one tile.
     """
     G = _cdiv(L, d)
     if G <= k + 3:          # one tile covers the whole sub-grid
         return G
-    t0 = max(4, min(8, k))
+    t0 = max(4, min(6, k - 1))
     nT = _cdiv(G, t0)
     return _cdiv(G, nT)
 
