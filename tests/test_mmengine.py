@@ -526,11 +526,11 @@ def _seg_config(tmp_path, ade):
             ds, data_prefix=dict(img_path="images/validation",
                                  seg_map_path="annotations/validation"),
             pipeline=test, _delete_=True)),
-        train_cfg=dict(max_iters=4, val_interval=4),
+        train_cfg=dict(max_iters=2, val_interval=2),
         param_scheduler=[
-            dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=2, _delete_=True),
-            dict(type="PolyLR", power=1.0, eta_min=0.0, begin=2, end=4, by_epoch=False)],
-        default_hooks=dict(checkpoint=dict(interval=2), logger=dict(interval=1),
+            dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=1, _delete_=True),
+            dict(type="PolyLR", power=1.0, eta_min=0.0, begin=1, end=2, by_epoch=False)],
+        default_hooks=dict(checkpoint=dict(interval=1), logger=dict(interval=1),
                            visualization=dict(draw=False)),
         env_cfg=dict(cudnn_benchmark=False),
         randomness=dict(seed=0),
@@ -565,14 +565,14 @@ def test_runner_trains_upernet_mini_iou_metric_and_resume(ade, tmp_path):
     cfg_path = _seg_config(tmp_path, ade)
     wd = str(tmp_path / "work")
     runner = mm_train.main([cfg_path, "--work-dir", wd])
-    assert runner.iter == 4
+    assert runner.iter == 2
     assert type(runner.model.backbone).__name__ == "DiNAT"
     assert runner.model.backbone.config.depths == [3, 4, 6, 5]  # DiNAT-mini
-    assert sorted(f for f in os.listdir(wd) if f.endswith(".pth")) == ["iter_2.pth", "iter_4.pth"]
+    assert sorted(f for f in os.listdir(wd) if f.endswith(".pth")) == ["iter_1.pth", "iter_2.pth"]
     assert not [f for f in os.listdir(wd) if f.endswith(".tmp")]
     with open(os.path.join(wd, "last_checkpoint")) as f:
-        assert f.read().strip() == os.path.join(wd, "iter_4.pth")
-    # The val metric at iteration 4 is IoUMetric's; recompute it from the model's predictions.
+        assert f.read().strip() == os.path.join(wd, "iter_2.pth")
+    # The val metric at the last iteration is IoUMetric's; recompute it from the model's predictions.
     scalars = runner.message_hub.log_scalars
     miou = scalars["val/mIoU"].current()
     assert 0.0 <= miou <= 100.0
@@ -581,42 +581,51 @@ def test_runner_trains_upernet_mini_iou_metric_and_resume(ade, tmp_path):
 
     # tools/mm_test.py evaluates the saved checkpoint with the same metric
     out = tmp_path / "metrics.json"
-    metrics = mm_test.main([cfg_path, os.path.join(wd, "iter_4.pth"), "--work-dir",
+    metrics = mm_test.main([cfg_path, os.path.join(wd, "iter_2.pth"), "--work-dir",
                             str(tmp_path / "test"), "--out", str(out)])
     assert metrics["mIoU"] == pytest.approx(miou, abs=0.01)
     assert json.load(open(out))["mIoU"] == pytest.approx(miou, abs=0.01)
 
-    # Resume from iteration 2: the schedule continues from there and ends at 4.
+    # Resume from iteration 1: the schedule continues from there and ends at 2.
     from mmengine.runner.checkpoint import _load_checkpoint  # what Runner.resume calls
 
-    ck2 = os.path.join(wd, "iter_2.pth")
+    ck1 = os.path.join(wd, "iter_1.pth")
     with pytest.raises(pickle.UnpicklingError):  # plain weights_only load: mmengine's types
-        torch.load(ck2)
-    saved = _load_checkpoint(ck2, map_location="cpu")  # weights_only, with the allow-list
-    assert saved["meta"]["iter"] == 2
+        torch.load(ck1)
+    saved = _load_checkpoint(ck1, map_location="cpu")  # weights_only, with the allow-list
+    assert saved["meta"]["iter"] == 1
     from dinat_backbone.mmengine import build_runner, load_config
 
+    no_val = {"val_cfg": None, "val_dataloader": None, "val_evaluator": None}
     cfg = load_config(cfg_path, work_dir=str(tmp_path / "resumed"),
-                      resume=os.path.join(wd, "iter_2.pth"))
+                      resume=ck1, cfg_options=no_val)
     r2 = build_runner(cfg)
-    r2.load_or_resume()
-    assert r2.iter == 2
-    for k, v in r2.model.state_dict().items():
-        assert torch.equal(v, saved["state_dict"][k]), k
-    lr_at_2 = saved["optimizer"]["param_groups"][0]["lr"]
-    assert r2.optim_wrapper.optimizer.param_groups[0]["lr"] == pytest.approx(lr_at_2)
-    r2.train()
-    assert r2.iter == 4
-    final = _load_checkpoint(os.path.join(str(tmp_path / "resumed"), "iter_4.pth"))
-    assert final["meta"]["iter"] == 4
+    from mmengine.hooks import Hook
 
-    # --resume without a value picks up the work dir's last_checkpoint (iteration 4) and, with
-    # the schedule extended to 5 iterations, trains exactly one more.
+    class Record(Hook):  # runs after the Runner has resumed, before the first resumed step
+        def before_train(self, runner):
+            self.iter = runner.iter
+            self.state = {k: v.clone() for k, v in runner.model.state_dict().items()}
+            self.lr = runner.optim_wrapper.optimizer.param_groups[0]["lr"]
+
+    rec = Record()
+    r2.register_hook(rec)
+    r2.train()
+    assert rec.iter == 1 and r2.iter == 2
+    for k, v in rec.state.items():
+        assert torch.equal(v, saved["state_dict"][k]), k
+    assert rec.lr == pytest.approx(saved["optimizer"]["param_groups"][0]["lr"])
+    final = _load_checkpoint(os.path.join(str(tmp_path / "resumed"), "iter_2.pth"))
+    assert final["meta"]["iter"] == 2
+
+    # --resume without a value picks up the work dir's last_checkpoint (iteration 2) and, with
+    # the schedule extended to 3 iterations, trains exactly one more.
     r3 = mm_train.main([cfg_path, "--work-dir", wd, "--resume",
-                        "--cfg-options", "train_cfg.max_iters=5", "train_cfg.val_interval=100"])
-    assert r3.iter == 5
+                        "--cfg-options", "train_cfg.max_iters=3", "val_cfg=None",
+                        "val_dataloader=None", "val_evaluator=None"])
+    assert r3.iter == 3
     with open(os.path.join(wd, "last_checkpoint")) as f:
-        assert f.read().strip().endswith("iter_5.pth")
+        assert f.read().strip().endswith("iter_3.pth")
 
 
 # ------------------------------------------------------------------------------ Runner: mmdet
@@ -637,7 +646,7 @@ def test_runner_trains_mask_rcnn_mini_and_coco_metric(coco, tmp_path):
               backend_args=None)
     train = [dict(type="LoadImageFromFile"),
              dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-             dict(type="RandomChoiceResize", scales=[(s, s), (s + 32, s + 32)], keep_ratio=True),
+             dict(type="RandomChoiceResize", scales=[(s, s), (s + 16, s + 16)], keep_ratio=True),
              dict(type="RandomFlip", prob=0.5), dict(type="PackDetInputs")]
     test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(s, s), keep_ratio=True),
             dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
@@ -657,6 +666,8 @@ def test_runner_trains_mask_rcnn_mini_and_coco_metric(coco, tmp_path):
                           mask_head=dict(num_classes=len(classes)),
                           bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2)),
                           mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2))),
+            train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                           rcnn=dict(sampler=dict(num=64))),
             test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100),
                           rcnn=dict(max_per_img=20, score_thr=0.0))),
         train_dataloader=dict(batch_size=2, **loader, batch_sampler=None, dataset=dict(
@@ -743,8 +754,11 @@ def test_a_crash_while_saving_keeps_the_last_checkpoint_intact(ade, tmp_path, mo
     from dinat_backbone.mmengine import build_runner, load_config, load_mmengine_checkpoint
 
     wd = str(tmp_path / "work")
+    tiny = {  # the hook is under test here, not the model: a tiny DiNAT
+        "model.backbone": dict(TINY, variant=None), "model.decode_head.in_channels": [16, 32, 64, 128],
+        "model.auxiliary_head.in_channels": 64}
     cfg = load_config(cfg_path, work_dir=wd, cfg_options={
-        "train_cfg.max_iters": 2, "train_cfg.val_interval": 100,
+        **tiny, "train_cfg.max_iters": 2, "val_cfg": None, "val_dataloader": None, "val_evaluator": None,
         "default_hooks.checkpoint.interval": 1, "default_hooks.checkpoint.max_keep_ckpts": 1})
     runner = build_runner(cfg)
     from mmengine.fileio.backends import LocalBackend
@@ -773,8 +787,14 @@ def test_a_crash_while_saving_keeps_the_last_checkpoint_intact(ade, tmp_path, mo
     assert not os.path.exists(os.path.join(wd, "iter_2.pth"))
     assert load_mmengine_checkpoint(last)["meta"]["iter"] == 1
     # and the run resumes from it
-    r2 = mm_train.main([cfg_path, "--work-dir", wd, "--resume", "--cfg-options",
-                        "train_cfg.max_iters=2", "train_cfg.val_interval=100",
+    tiny_opts = ["model.backbone.variant=None", "model.backbone.embed_dim=16",
+                 "model.backbone.depths=[1,1,1,1]", "model.backbone.num_heads=[1,1,2,2]",
+                 "model.backbone.kernel_size=3", "model.backbone.dilations=[[1],[1],[1],[1]]",
+                 "model.decode_head.in_channels=[16,32,64,128]",
+                 "model.auxiliary_head.in_channels=64"]
+    r2 = mm_train.main([cfg_path, "--work-dir", wd, "--resume", "--cfg-options", *tiny_opts,
+                        "train_cfg.max_iters=2", "val_cfg=None", "val_dataloader=None",
+                        "val_evaluator=None",
                         "default_hooks.checkpoint.interval=1",
                         "default_hooks.checkpoint.max_keep_ckpts=1"])
     assert r2.iter == 2

@@ -43,9 +43,14 @@ def main(argv=None):
     runner = build_runner(cfg)
     metrics = runner.test()
     if args.out:
+        def plain(v):
+            try:
+                return float(v)  # python / numpy / 0-d tensor numbers
+            except (TypeError, ValueError):
+                return str(v)
+
         with open(args.out, "w") as f:
-            json.dump({k: float(v) if isinstance(v, (int, float)) else str(v)
-                       for k, v in metrics.items()}, f, indent=2)
+            json.dump({k: plain(v) for k, v in metrics.items()}, f, indent=2)
     return metrics
 
 
