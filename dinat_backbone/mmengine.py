@@ -502,6 +502,10 @@ def load_config(config, work_dir: Optional[str] = None, cfg_options: Optional[di
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.launcher = launcher
+    if launcher != "none" and not torch.cuda.is_available():
+        # mmengine 0.10's pytorch launcher calls torch.cuda.set_device and uses NCCL.
+        raise ValueError(f"launcher={launcher!r} needs CUDA GPUs (mmengine's distributed "
+                         "launcher); on a CPU-only machine use --launcher none")
     if work_dir is not None:
         cfg.work_dir = os.fspath(work_dir)
     elif cfg.get("work_dir") is None:
