@@ -109,7 +109,8 @@ def no_decay_custom_keys(backbone_prefix: str = "", depths: Optional[Sequence[in
         for j in range(d):
             keys[f"{p}.levels.{i}.blocks.{j}.norm"] = dict(m, decay_mult=0.0)
             keys[f"{p}.levels.{i}.blocks.{j}.attn.rpb"] = dict(m, decay_mult=0.0)
-        keys[f"{p}.levels.{i}.downsample.norm"] = dict(m, decay_mult=0.0)
+        if i < len(depths) - 1:  # the last stage has no downsampler
+            keys[f"{p}.levels.{i}.downsample.norm"] = dict(m, decay_mult=0.0)
     return keys
 
 

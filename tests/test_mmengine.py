@@ -799,3 +799,31 @@ def test_a_crash_while_saving_keeps_the_last_checkpoint_intact(ade, tmp_path, mo
                         "default_hooks.checkpoint.max_keep_ckpts=1"])
     assert r2.iter == 2
     assert sorted(f for f in os.listdir(wd) if f.endswith(".pth")) == ["iter_2.pth"]
+
+
+def test_no_decay_custom_keys_helper_matches_the_shipped_configs():
+    from dinat_backbone.mmengine import no_decay_custom_keys
+
+    up = Config.fromfile(UPERNET_MINI).optim_wrapper.paramwise_cfg.custom_keys
+    assert no_decay_custom_keys() == up
+    m2f = Config.fromfile(M2F_INST).optim_wrapper.paramwise_cfg.custom_keys
+    helper = no_decay_custom_keys("backbone", depths=[3, 4, 18, 5], lr_mult=0.1)
+    assert {k: m2f[k] for k in helper} == helper
+    assert set(m2f) - set(helper) == {"query_embed", "query_feat", "level_embed"}
+
+
+def test_tool_options_are_checked():
+    from dinat_backbone.mmengine import load_config
+
+    with pytest.raises(ValueError, match="launcher"):
+        load_config(UPERNET_MINI, launcher="slurmish")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            load_config(UPERNET_MINI, launcher="pytorch")
+    cfg = load_config(MRCNN_MINI, work_dir="/tmp/x", amp=True, resume=True,
+                      cfg_options={"train_cfg.max_epochs": 1})
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.resume and cfg.load_from is None
+    assert cfg.train_cfg.max_epochs == 1 and cfg.work_dir == "/tmp/x"
+    cfg = load_config(MRCNN_MINI, resume="/ckpts/epoch_3.pth")
+    assert cfg.resume and cfg.load_from == "/ckpts/epoch_3.pth"
+    assert cfg.work_dir.endswith("mask-rcnn_dinat-mini_fpn_ms-crop-3x_coco")
