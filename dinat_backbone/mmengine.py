@@ -10,9 +10,10 @@ Add this module to a config and name the backbone ``DiNAT``::
 
 ``DiNAT`` is registered in mmengine's *root* ``MODELS`` registry, so mmdet (default scope
 ``mmdet``) and mmseg (``mmseg``) both find it: their registries fall back to the root one.
-Its parameter names are the authors' detection / segmentation names (``patch_embed``,
-``levels.i.blocks.j...``, ``norm0``..``norm3``), so the authors' released COCO / ADE20K models
-load with ``load_from`` unchanged, and ``init_cfg=dict(type='Pretrained', ...)`` accepts every
+Its parameter names are the authors' detection / segmentation backbone names (``patch_embed``,
+``levels.i.blocks.j...``, ``norm0``..``norm3``), so the backbone part of a checkpoint saved by
+the authors' mmdet / mmseg code matches by name, and ``init_cfg=dict(type='Pretrained', ...)``
+accepts every
 released classification format (the authors' ``.pth``, transformers, detectron2 ``.pkl``,
 safetensors) through :func:`dinat_backbone.checkpoints.load_pretrained`.
 
