@@ -235,7 +235,11 @@ def load_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "Unsupported" in str(e):
+        msg = str(e)
+        # "Unsupported global: GLOBAL os.system" = a pickle that needs code; "Unsupported
+        # operand 60" and other opcode errors = not a pickle at all (an HTML page, garbage).
+        if "Unsupported global" in msg or ("Weights only load failed" in msg
+                                           and "Unsupported operand" not in msg):
             raise _refuse(path, e) from None
         raise _corrupt(path, size, e) from None
     except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as e:

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 try:
     import mmengine  # noqa: F401
-    from mmengine.hooks import CheckpointHook
+    from mmengine.hooks import CheckpointHook, Hook
     from mmengine.logging import print_log
     from mmengine.model import BaseModule
     from mmengine.registry import HOOKS, MODELS
@@ -57,7 +57,7 @@ import torch
 from .backbone import DinatBackbone
 from .config import VARIANTS, DinatConfig
 
-__all__ = ["DiNAT", "AtomicCheckpointHook", "allow_mmengine_checkpoints", "ADAPTER_FIELDS",
+__all__ = ["DiNAT", "AtomicCheckpointHook", "TorchRNGStateHook", "allow_mmengine_checkpoints", "ADAPTER_FIELDS",
            "no_decay_custom_keys", "load_config", "build_runner", "load_mmengine_checkpoint",
            "mmengine_safe_globals"]
 
@@ -532,6 +532,10 @@ def load_config(config, work_dir: Optional[str] = None, cfg_options: Optional[di
     ck = hooks.get("checkpoint")
     if ck is not None and ck.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
         ck.type = "AtomicCheckpointHook"
+    custom = list(cfg.get("custom_hooks") or [])
+    if not any(h.get("type") in ("TorchRNGStateHook", TorchRNGStateHook) for h in custom):
+        custom.append(dict(type="TorchRNGStateHook"))
+        cfg.custom_hooks = custom
     return cfg
 
 
@@ -546,3 +550,54 @@ def build_runner(cfg):
 
 
 allow_mmengine_checkpoints()
+
+
+# ------------------------------------------------------------------ exact resume
+_KEY = "torch_rng_state"
+
+
+@HOOKS.register_module(force=True)
+class TorchRNGStateHook(Hook):
+    """Save torch's RNG state in checkpoints; restore it when training resumes.
+
+    mmengine's ``--resume`` restores weights, optimizer, schedulers and the iteration count and
+    replays the data loader, but only re-seeds torch: dropout and stochastic depth would draw
+    different masks than the uninterrupted run. With this hook (added by :func:`load_config`,
+    so by tools/mm_train.py) a run killed with SIGKILL and resumed reaches bit-identical weights
+    on the CPU with ``randomness=dict(seed=..., deterministic=True)`` (tests/test_resume.py).
+    In a config of your own: ``custom_hooks = [dict(type='TorchRNGStateHook')]``.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self) -> None:
+        self._pending: Optional[dict] = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[_KEY] = state
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get(_KEY)
+        if state is None:
+            return
+        # Applied at the next training iteration: the runner still builds and replays the
+        # data loader between loading and training, and must not disturb the restored state.
+        self._pending = state
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["cpu"])
+        cuda = state.get("cuda")
+        if cuda is not None and torch.cuda.is_available():
+            if len(cuda) != torch.cuda.device_count():
+                runner.logger.warning(
+                    f"TorchRNGStateHook: the checkpoint holds RNG states of {len(cuda)} CUDA "
+                    f"devices, this run has {torch.cuda.device_count()}; CUDA RNG not restored "
+                    "(the resumed run will not reproduce the uninterrupted one exactly)")
+            else:
+                torch.cuda.set_rng_state_all(cuda)

@@ -797,10 +797,7 @@ ROWS = [
         needs="dinat_backbone.checkpoints", tmp=True),
     Row("ckpt/html-instead-of-weights", ckpt_file(_write_text),
         Clear(ValueError, "cannot be read as a checkpoint", "not a checkpoint"),
-        needs="dinat_backbone.checkpoints", tmp=True,
-        known_bug="load_checkpoint_file reports any weights_only failure containing "
-                  "'Unsupported' (here 'Unsupported operand 60', the '<' of an HTML page) as a "
-                  "pickle that needs to run code; only 'Unsupported global' means that"),
+        needs="dinat_backbone.checkpoints", tmp=True),
     Row("ckpt/wrong-variant-width", ckpt_file(_write_state(lambda: _source().state_dict()),
                                               model_kw=dict(embed_dim=32)),
         Clear(ValueError, "does not fit this DinatModel", "tensors differ in shape",

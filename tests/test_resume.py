@@ -5,7 +5,7 @@ DiNAT segmentation model and a few synthetic ADE20K-layout images, with a fixed 
 ``randomness.deterministic=True`` on the CPU. The oracle is the same config trained without
 interruption: after ``--resume`` the run must reach the same iteration count and bit-identical
 weights (tolerance 0: every tensor of the final ``state_dict`` and of the optimizer state equal).
-The heads use dropout, so this needs ``dinat_backbone.mm_hooks.TorchRNGStateHook`` (torch's RNG
+The heads use dropout, so this needs ``dinat_backbone.mmengine.TorchRNGStateHook`` (torch's RNG
 state saved in checkpoints and restored on resume; without it the weights differ by ~1e-3 after
 8 iterations).
 
@@ -62,7 +62,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={interval},
                     max_keep_ckpts=1))
 randomness = dict(seed=0, deterministic=True)
-custom_imports = dict(imports=['dinat_backbone.mmengine', 'dinat_backbone.mm_hooks'],
+custom_imports = dict(imports=['dinat_backbone.mmengine'],
                       allow_failed_imports=False)
 custom_hooks = [dict(type='TorchRNGStateHook')]
 """
