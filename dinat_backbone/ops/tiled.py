@@ -165,7 +165,7 @@ def _na2d_tiled_composed(query, key, value, kernel_size, dilation, rpb, scale, r
 
 
 # ------------------------------------------------------------------------------ fast path
-# Elements of the logit tensor processed per chunk (float32: 1 MiB; measured best of 2^15..2^23).
+# Elements of the logit tensor processed per chunk (float32: 1 MiB; measured best of 2^16..2^20).
 CHUNK_ELEMS = 1 << 18
 
 
