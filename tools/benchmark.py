@@ -14,7 +14,7 @@ Sections (all by default; pick with --sections):
 * ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
 
 Time: best of --repeats runs after --warmup runs (the machine may be shared; ratios are taken
-between models measured in the same process, interleaved by repeat). Peak memory: the peak of
+between backends / models measured in the same process, interleaved repeat by repeat). Peak memory: the peak of
 tensor memory allocated during one call above what was held before it (from the profiler's
 allocation events; on CUDA, torch.cuda.max_memory_allocated), in a separate run from the timed
 ones. Output: markdown tables; --json PATH also writes the raw numbers.
@@ -155,6 +155,7 @@ def bench_op(args, device, dtype) -> List[dict]:
     backends = _op_backends(device, args.backends)
     results = []
     for label, shape, k, d in shapes:
+        runs = []
         B, nh, H, W, D = shape
         g = torch.Generator().manual_seed(0)
         q, key, v = (torch.randn(shape, generator=g).to(device, dtype) for _ in range(3))
@@ -179,30 +180,49 @@ def bench_op(args, device, dtype) -> List[dict]:
                 results.append(row)
                 continue
 
-            def fwd():
+            def fwd(be=be):
                 with torch.no_grad():
                     na2d(q, key, v, k, d, rpb=rpb, backend=be)
 
             leaves = [t.detach().clone().requires_grad_(True) for t in (q, key, v, rpb)]
 
-            def fwdbwd():
+            def fwdbwd(be=be, leaves=leaves):
                 out = na2d(leaves[0], leaves[1], leaves[2], k, d, rpb=leaves[3], backend=be)
                 out.backward(torch.ones_like(out))
                 for t in leaves:
                     t.grad = None
 
+            runs.append((row, fwd, None if (be == "flex" and device.type == "cpu") else fwdbwd))
+            results.append(row)
+        # Interleave the backends repeat by repeat, so that load changes hit all of them alike.
+        live = []
+        for row, fwd, fwdbwd in runs:
             try:
-                row["fwd_s"] = time_call(fwd, device, args.warmup, args.repeats)
-                row["fwd_mem"] = peak_memory(fwd, device)
-                if be == "flex" and device.type == "cpu":
-                    row["note"] = "no flex backward on CPU"
-                else:
-                    row["fwdbwd_s"] = time_call(fwdbwd, device, args.warmup, args.repeats)
-                    row["fwdbwd_mem"] = peak_memory(fwdbwd, device)
+                for _ in range(args.warmup):
+                    fwd()
+                    if fwdbwd:
+                        fwdbwd()
+                live.append((row, fwd, fwdbwd))
             except Exception as e:  # report, don't abort the whole run
                 row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            results.append(row)
-            print(f"  op {label} {be}: fwd {_ms(row['fwd_s'])} ms, fwd+bwd "
+        for _ in range(args.repeats):
+            for row, fwd, fwdbwd in live:
+                for name, fn in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
+                    if fn is None:
+                        continue
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    dt = time.perf_counter() - t0
+                    row[name] = dt if row[name] is None else min(row[name], dt)
+        for row, fwd, fwdbwd in live:
+            row["fwd_mem"] = peak_memory(fwd, device)
+            if fwdbwd:
+                row["fwdbwd_mem"] = peak_memory(fwdbwd, device)
+            else:
+                row["note"] = "no flex backward on CPU"
+            print(f"  op {label} {row['backend']}: fwd {_ms(row['fwd_s'])} ms, fwd+bwd "
                   f"{_ms(row['fwdbwd_s'])} ms {row['note']}", file=sys.stderr, flush=True)
     return results
 
