@@ -9,12 +9,7 @@ from dinat_backbone import DinatBackbone, DinatConfig, DinatModel
 from dinat_backbone.modeling import DropPath, NALayer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()   # small tensors: a second thread only adds contention
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**kw):

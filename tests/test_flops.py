@@ -15,12 +15,7 @@ AUTHORS = {"mini": (20, 2.7), "tiny": (28, 4.3), "small": (51, 7.8), "base": (90
            "large": (200, 30.6)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_params(embed_dim, depths, heads, mlp_ratio, layer_scale, kernel, classes=1000):

@@ -14,14 +14,7 @@ from dinat_backbone.modeling import DropPath, NALayer, NeighborhoodAttention2D
 from na_reference import na2d_slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: on a busy 2-core machine a second intra-op thread made these tests several
-    # times slower; one thread is as fast on an idle one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**kw):

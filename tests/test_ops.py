@@ -53,14 +53,7 @@ def _pair(x):
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Every tensor here is small: extra intra-op threads only add synchronisation (on a busy
-    # 2-core machine they made these tests 10-20x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)
