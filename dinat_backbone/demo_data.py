@@ -54,7 +54,7 @@ SEMANTIC_CLASSES = ("sky", "ground") + DEFAULT_CLASSES
 
 _SPLIT_KEYS = {"train": 1, "val": 2, "training": 1, "validation": 2}
 _MANIFEST = "demo_data.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def render_instance_scene(
     for _ in range(n_obj):
         for _try in range(20):
             cls = int(rng.integers(len(classes)))
-            r = side * rng.uniform(0.06, 0.2)
+            r = side * rng.uniform(0.08, 0.25)
             cx = rng.uniform(r * 0.6, w - r * 0.6)
             cy = rng.uniform(r * 0.6, h - r * 0.6)
             pts = _shape_vertices(classes[cls], cx, cy, r, rng.uniform(0, 2 * math.pi))

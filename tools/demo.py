@@ -48,9 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the detector")
     p.add_argument("--seg-lr", type=float, default=1e-3, help="AdamW learning rate of the segmenter")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--warm-start", choices=("segmenter", "none"), default="segmenter",
+    p.add_argument("--warm-start", default="segmenter",
                    help="initialise the detector's backbone from the trained segmenter's "
-                        "(default) or from random weights")
+                        "(segmenter, the default), from random weights (none), or from a "
+                        "backbone state dict file (e.g. demo_out/segmenter/backbone.pth)")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--data", default="demo_data", help="demo data folder (default: demo_data)")
     p.add_argument("--n-train", type=int, default=300, help="training images per dataset")
@@ -73,6 +74,8 @@ def parse_args(argv=None):
         p.error("--size must be a multiple of 32 and at least 64 (e.g. 256)")
     if a.skip_seg and a.skip_det:
         p.error("nothing to do: both --skip-seg and --skip-det given")
+    if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
+        p.error(f"--warm-start must be segmenter, none or an existing file, got {a.warm_start!r}")
     if a.skip_seg and a.warm_start == "segmenter":
         a.warm_start = "none"
     return a
@@ -244,12 +247,13 @@ def draw_segmentation(runner, ade, png, n=4):
     h, w = rows[0].shape[0], rows[0].shape[1] // 3
     header = Image.new("RGB", (grid.shape[1], 40), (255, 255, 255))
     d = ImageDraw.Draw(header)
-    for j, t in enumerate(("image", "ground truth (black = unlabelled)", "prediction")):
+    for j, t in enumerate(("image", "ground truth", "prediction")):
         d.text((j * w + 6, 4), t, fill=(0, 0, 0))
-    for k, name in enumerate(SEMANTIC_CLASSES):
-        x = 6 + k * (grid.shape[1] // len(SEMANTIC_CLASSES))
-        d.rectangle([x, 22, x + 12, 34], fill=tuple(int(v) for v in palette[k]))
-        d.text((x + 16, 22), name, fill=(0, 0, 0))
+    legend = list(zip(SEMANTIC_CLASSES, palette.tolist())) + [("unlabelled", [0, 0, 0])]
+    for k, (name, colour) in enumerate(legend):
+        x = 4 + k * (grid.shape[1] // len(legend))
+        d.rectangle([x, 22, x + 10, 34], fill=tuple(int(v) for v in colour))
+        d.text((x + 13, 22), name, fill=(0, 0, 0))
     out = Image.new("RGB", (grid.shape[1], grid.shape[0] + 40), (255, 255, 255))
     out.paste(header, (0, 0))
     out.paste(Image.fromarray(grid), (0, 40))
@@ -309,6 +313,9 @@ def draw_detections_mmdet(runner, coco, png, n=6, score_thr=0.3):
             s = model.test_step(batch)[0]
             p = s.pred_instances
             keep = p.scores >= score_thr
+            if not bool(keep.any()):  # a weak model: show its 3 best guesses, with their scores
+                keep = torch.zeros_like(keep)
+                keep[p.scores.argsort(descending=True)[:3]] = True
             masks = p.masks[keep].cpu().numpy() if "masks" in p else None
             preds.append(dict(img_path=s.img_path, boxes=p.bboxes[keep].cpu().numpy(),
                               labels=p.labels[keep].cpu().numpy(), scores=p.scores[keep].cpu().numpy(),
@@ -355,7 +362,7 @@ def draw_detection_grid(preds, coco, png, score_thr):
     out = Image.new("RGB", (grid.shape[1] + 110, grid.shape[0]), (255, 255, 255))
     out.paste(Image.fromarray(grid), (110, 0))
     d = ImageDraw.Draw(out)
-    d.text((4, h // 2 - 12), f"prediction\nscore >= {score_thr}", fill=(0, 0, 0))
+    d.text((4, h // 2 - 18), f"prediction\nscore >= {score_thr}\n(none: top 3)", fill=(0, 0, 0))
     d.text((4, h + h // 2 - 6), "ground truth", fill=(0, 0, 0))
     out.save(png)
 
@@ -435,17 +442,21 @@ def main(argv=None):
             majority_class=base["name"], history=seg["history"], png=seg["png"],
             checkpoint=seg["checkpoint"], dilations=seg["dilations"])
     if not args.skip_det:
-        warm = seg["backbone"] if (seg and args.warm_start == "segmenter") else None
+        if args.warm_start == "segmenter":
+            warm = seg["backbone"] if seg else None
+        else:
+            warm = None if args.warm_start == "none" else osp.abspath(args.warm_start)
         _banner(f"2/2 Mask R-CNN-DiNAT-{args.variant} ({framework}) on {coco['root']}: "
                 f"{args.iters} iterations, batch {args.batch_size}, backbone from "
-                f"{'the segmenter' if warm else 'random weights'}")
+                f"{warm or 'random weights'}")
         if framework == "detectron2":
             det = run_detectron2(args, coco, out_dir, warm)
         else:
             det = run_mmdet(args, coco, out_dir, warm)
         summary["detection"] = dict(iters=args.iters, time_s=round(det["time_s"], 1),
                                     cpu_s=round(det.get("cpu_s", float("nan")), 1),
-                                    warm_start=args.warm_start if warm else "none",
+                                    warm_start=(args.warm_start if args.warm_start in ("segmenter", "none")
+                                                else warm) if warm else "none",
                                     metrics=det["metrics"], history=det["history"],
                                     png=det["png"], checkpoint=det["checkpoint"],
                                     dilations=det.get("dilations"))
