@@ -66,6 +66,11 @@ def parse_args(argv=None):
                    help="also evaluate every N iterations (default: only at the end)")
     p.add_argument("--skip-seg", action="store_true", help="skip the segmentation part")
     p.add_argument("--skip-det", action="store_true", help="skip the detection part")
+    p.add_argument("--det-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of the mmdet demo config, mmengine style, e.g. "
+                        "model.roi_head.bbox_head.fc_out_channels=512 (mmdet path only)")
+    p.add_argument("--seg-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of the mmseg demo config, mmengine style")
     a = p.parse_args(argv)
     for name in ("iters", "seg_iters", "batch_size", "n_train", "n_val"):
         if getattr(a, name) < 1:
@@ -76,12 +81,30 @@ def parse_args(argv=None):
         p.error("nothing to do: both --skip-seg and --skip-det given")
     if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
         p.error(f"--warm-start must be segmenter, none or an existing file, got {a.warm_start!r}")
+    for name in ("det_cfg_options", "seg_cfg_options"):
+        setattr(a, name, _parse_options(p, name, getattr(a, name)))
     if a.skip_seg and a.warm_start == "segmenter":
         a.warm_start = "none"
     return a
 
 
 # --------------------------------------------------------------------------------- helpers
+def _parse_options(parser, name, items):
+    """KEY=VALUE strings -> dict, values read as Python literals where they parse as one."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--{name.replace('_', '-')}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def _fmt_time(s: float) -> str:
     m, s = divmod(int(round(s)), 60)
     return f"{m}m{s:02d}s"
@@ -200,6 +223,7 @@ def run_mmseg(args, ade, out_dir):
     cfg.param_scheduler = _schedule(args.seg_iters, args.seg_lr, "poly")
     work = osp.join(out_dir, "segmenter")
     _common_overrides(cfg, args, args.seg_iters, args.seg_lr, work, "seg")
+    cfg.merge_from_dict(args.seg_cfg_options)
     runner = Runner.from_cfg(cfg)
     rec = _Recorder()
     runner.register_hook(rec.hook)
@@ -285,6 +309,7 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
     cfg.param_scheduler = _schedule(args.iters, args.lr, "cosine")
     work = osp.join(out_dir, "detector")
     _common_overrides(cfg, args, args.iters, args.lr, work, "det")
+    cfg.merge_from_dict(args.det_cfg_options)
     runner = Runner.from_cfg(cfg)
     rec = _Recorder()
     runner.register_hook(rec.hook)
