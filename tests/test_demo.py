@@ -45,7 +45,7 @@ def test_demo_configs_use_dilations_derived_for_the_demo_resolution(name):
 
 def test_demo_rejects_bad_flags():
     for bad in (["--iters", "0"], ["--size", "100"], ["--framework", "caffe"],
-                ["--skip-seg", "--skip-det"]):
+                ["--skip-seg", "--skip-det"], ["--det-cfg-options", "no_equals_sign"]):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), *bad],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (bad, r.stderr)
@@ -61,7 +61,8 @@ def test_demo_end_to_end_tiny(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--framework", "mmdet",
            "--out", str(out), "--data", str(data), "--n-train", "4", "--n-val", "2",
            "--size", "96", "--iters", "2", "--seg-iters", "2", "--batch-size", "2",
-           "--device", "cpu"]
+           "--device", "cpu", "--det-cfg-options", "model.roi_head.bbox_head.fc_out_channels=48",
+           "--seg-cfg-options", "model.decode_head.channels=24"]
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -91,3 +92,10 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert im.size[0] == 3 * 96 and im.size[1] == 40 + 2 * 96
     assert os.path.isfile(s["detection"]["checkpoint"])
     assert os.path.isfile(s["segmentation"]["checkpoint"])
+    # the --*-cfg-options overrides reached the models that were trained and saved
+    import torch
+
+    det_sd = torch.load(s["detection"]["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert det_sd["roi_head.bbox_head.shared_fcs.0.weight"].shape[0] == 48
+    seg_sd = torch.load(s["segmentation"]["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert seg_sd["decode_head.bottleneck.conv.weight"].shape[0] == 24
