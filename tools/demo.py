@@ -90,7 +90,12 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------------- helpers
 def _parse_options(parser, name, items):
-    """KEY=VALUE strings -> dict, values read as Python literals where they parse as one."""
+    """KEY=VALUE strings -> dict, values read as Python literals where they parse as one.
+
+    Not mmengine's DictAction (tools/mm_train.py's --o): the arguments are parsed before anything
+    from mmengine is imported (the detectron2 path needs none of it), and DictAction raises a bare
+    ValueError on an item without '=' instead of a usage error.
+    """
     import ast
 
     out = {}
