@@ -397,11 +397,13 @@ if _IMPORT_ERROR is None:
         if "WEIGHT_DECAY_RPB" not in cfg.SOLVER:
             cfg.SOLVER.WEIGHT_DECAY_RPB = 0.0
         if "DINAT_DEMO" not in cfg.DATASETS:
+            from . import demo_data
+
             demo = CfgNode()
             demo.ROOT = "demo_data/coco"  # as tools/make_demo_data.py writes it (relative: cwd)
             demo.NUM_TRAIN = 300
             demo.NUM_VAL = 50
-            demo.IMAGE_SIZE = 256
+            demo.IMAGE_SIZE = demo_data.DEMO_SIZE
             demo.SEED = 0
             demo.MAX_OBJECTS = 6
             # "rle" (shapes may overlap; needs INPUT.MASK_FORMAT "bitmask") or "polygon"
@@ -534,7 +536,7 @@ if _IMPORT_ERROR is None:
         root = pick(root, "ROOT", "") or os.path.join("demo_data", "coco")
         info = demo_data.make_coco_instances(
             root, n_train=int(pick(num_train, "NUM_TRAIN", 300)),
-            n_val=int(pick(num_val, "NUM_VAL", 50)), size=int(pick(image_size, "IMAGE_SIZE", 256)),
+            n_val=int(pick(num_val, "NUM_VAL", 50)), size=int(pick(image_size, "IMAGE_SIZE", demo_data.DEMO_SIZE)),
             seed=int(pick(seed, "SEED", 0)), max_objects=int(pick(max_objects, "MAX_OBJECTS", 6)),
             mask_format=str(pick(mask_format, "MASK_FORMAT", "rle")))
         names = {}

@@ -85,6 +85,15 @@ def test_demo_end_to_end_tiny(tmp_path):
     from dinat_backbone import derive_dilations
 
     assert s["detection"]["dilations"] == derive_dilations(96)
+    # --size reached the detector's data pipelines (the dataloaders' own copies), so it trained
+    # and was evaluated at 96 px, not at the config's default size
+    from mmengine.config import Config
+
+    det_dir = s["detection"]["checkpoint"].rsplit(os.sep, 1)[0]
+    dumped = Config.fromfile(os.path.join(det_dir, "mask-rcnn_dinat-mini_demo.py"))
+    scales = [t["scale"] for dl in ("train_dataloader", "val_dataloader", "test_dataloader")
+              for t in dumped[dl].dataset.pipeline if t["type"] == "Resize"]
+    assert len(scales) == 3 and all(tuple(sc) == (96, 96) for sc in scales), scales
     # the pictures: detections (2 rows of 96 px tiles) and segmentation (3 columns of 96 px)
     with Image.open(out / "detections.png") as im:
         assert im.size[1] == 2 * 96 and im.size[0] > 2 * 96

@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default="demo_data", help="demo data folder (default: demo_data)")
     p.add_argument("--n-train", type=int, default=300, help="training images per dataset")
     p.add_argument("--n-val", type=int, default=50, help="validation images per dataset")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=int, default=192, help="image side in pixels (default 192)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda if available, else cpu)")
@@ -76,7 +76,7 @@ def parse_args(argv=None):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.size < 64 or a.size % 32:
-        p.error("--size must be a multiple of 32 and at least 64 (e.g. 256)")
+        p.error("--size must be a multiple of 32 and at least 64 (e.g. 192)")
     if a.skip_seg and a.skip_det:
         p.error("nothing to do: both --skip-seg and --skip-det given")
     if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
@@ -307,10 +307,7 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
         cfg[dl].dataset.data_root = root
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = coco["val"]["ann_file"]
-    for pipe in (cfg.train_pipeline, cfg.test_pipeline):
-        for t in pipe:
-            if t["type"] == "Resize":
-                t["scale"] = (args.size, args.size)
+    _set_resize(cfg, args.size)
     cfg.param_scheduler = _schedule(args.iters, args.lr, "cosine")
     work = osp.join(out_dir, "detector")
     _common_overrides(cfg, args, args.iters, args.lr, work, "det")
@@ -326,6 +323,22 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
     return dict(metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu,
                 checkpoint=osp.join(work, f"iter_{args.iters}.pth"), work_dir=work, png=png,
                 dilations=dil)
+
+
+def _set_resize(cfg, size):
+    """Every Resize of the detector's pipelines -> size x size.
+
+    The dataloaders hold their own copies of ``train_pipeline`` / ``test_pipeline`` (mmengine
+    resolves the config's variables when it loads the file), so those copies are the ones that
+    count; changing only the top-level lists would leave the model training at the config's size.
+    """
+    pipes = [cfg.get("train_pipeline"), cfg.get("test_pipeline")]
+    pipes += [cfg[dl].dataset.pipeline for dl in ("train_dataloader", "val_dataloader", "test_dataloader")
+              if dl in cfg]
+    for pipe in pipes:
+        for t in pipe or ():
+            if t["type"] == "Resize":
+                t["scale"] = (size, size)
 
 
 def draw_detections_mmdet(runner, coco, png, n=6, score_thr=0.3):

@@ -24,7 +24,8 @@ def main(argv=None):
     p.add_argument("--what", choices=("both", "coco", "ade"), default="both")
     p.add_argument("--n-train", type=int, default=300, help="training images per dataset")
     p.add_argument("--n-val", type=int, default=50, help="validation images per dataset")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=int, default=demo_data.DEMO_SIZE,
+                   help=f"image side in pixels (default {demo_data.DEMO_SIZE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", nargs="+", default=list(demo_data.DEFAULT_CLASSES),
                    help=f"shape classes of the instance dataset, from {demo_data.SHAPES}")

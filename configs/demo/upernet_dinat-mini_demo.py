@@ -1,5 +1,5 @@
 # UPerNet (+ FCN auxiliary head) with DiNAT-mini, from random weights, on the synthetic
-# ADE20K-layout demo data (dinat_backbone.demo_data.make_ade_semantic: 256 px; label PNGs with
+# ADE20K-layout demo data (dinat_backbone.demo_data.make_ade_semantic: 192 px; label PNGs with
 # 0 = unlabelled, reduce_zero_label=True -> 5 classes sky, ground, circle, square, triangle).
 # Sized for a CPU (128-channel decode head, BN instead of SyncBN). tools/demo.py runs it.
 _base_ = [
@@ -9,10 +9,10 @@ _base_ = [
 custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
 
 classes = ('sky', 'ground', 'circle', 'square', 'triangle')
-image_size = 256
+image_size = 192
 crop_size = (image_size, image_size)
-# dinat_backbone.derive_dilations(256) (see the Mask R-CNN demo config)
-dilations = [[1, 9, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
+# dinat_backbone.derive_dilations(192) (see the Mask R-CNN demo config)
+dilations = [[1, 6, 1], [1, 3, 1, 3], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
 max_iters = 150
 lr = 1e-3
 warmup_iters = 20
