@@ -43,8 +43,48 @@ def test_demo_configs_use_dilations_derived_for_the_demo_resolution(name):
     assert cfg.model.backbone.dilations != [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7], [1, 3, 1, 3, 1]]
 
 
+@needs_mm
+@pytest.mark.parametrize("iters,span", [(240, 1.5), (1000, 1.0), (20, 2.0)])
+def test_demo_detector_schedule_follows_the_cosine_span(iters, span):
+    """Step mmengine's own schedulers built from tools/demo.py's schedule and compare every
+    iteration's learning rate with the closed form: linear warm-up, then a cosine that would reach
+    eta_min after span x iters, cut at iters."""
+    import importlib.util
+    import math
+
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    spec = importlib.util.spec_from_file_location("demo_tool", os.path.join(ROOT, "tools", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    lr = 1e-3
+    sched_cfg = demo._schedule(iters, lr, "cosine", span)
+    opt = OptimWrapper(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr))
+    scheds = [PARAM_SCHEDULERS.build(dict(c, optimizer=opt)) for c in sched_cfg]
+    warm, eta_min = max(1, min(50, iters // 5)), lr * 0.01
+    for it in range(iters):
+        got = opt.param_groups[0]["lr"]
+        if it < warm:
+            # mmengine's LinearLR reaches the full rate on the last iteration of [begin, end)
+            want = lr * (0.01 + 0.99 * it / (warm - 1))
+        else:
+            t_max = round(span * iters) - warm
+            want = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * (it - warm) / t_max)) / 2
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), (it, got, want)
+        for sc in scheds:
+            sc.step()
+    # where the run stops: ~0 with span 1, ~0.4-0.5 x lr with 1.5 (1000 iterations: 50 warm-up)
+    last = opt.param_groups[0]["lr"]
+    if span == 1.0:
+        assert last < 0.02 * lr
+    elif span == 1.5:
+        assert 0.3 * lr < last < 0.5 * lr
+
+
 def test_demo_rejects_bad_flags():
-    for bad in (["--iters", "0"], ["--size", "100"], ["--framework", "caffe"],
+    for bad in (["--iters", "0"], ["--size", "100"], ["--framework", "caffe"], ["--cosine-span", "0.5"],
                 ["--skip-seg", "--skip-det"], ["--det-cfg-options", "no_equals_sign"]):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), *bad],
                            capture_output=True, text=True, timeout=120)
