@@ -461,12 +461,18 @@ def test_coco_evaluator_returns_ap(trained):
 def test_resume_continues_from_last_checkpoint(trained, one_thread):
     """--resume: the trainer starts after the last saved iteration, with the saved weights,
     optimizer and scheduler, and trains to the new MAX_ITER."""
+    import shutil
+
     cfg = trained["cfg"].clone()
     cfg.defrost()
     cfg.SOLVER.MAX_ITER = 10
     cfg.DATASETS.TEST = ()
+    # resume from a copy: training on in the fixture's folder would overwrite its model_final.pth,
+    # which test_train_net_cli_eval_only evaluates against the fixture's own results
+    out = os.path.join(trained["tmp"], "resumed")
+    shutil.copytree(cfg.OUTPUT_DIR, out)
+    cfg.OUTPUT_DIR = out
     cfg.freeze()
-    out = cfg.OUTPUT_DIR
     with open(os.path.join(out, "last_checkpoint")) as f:
         last = f.read().strip()
     assert last == "model_final.pth"
