@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The main job: train a DiNAT detector and a DiNAT segmenter on built-in synthetic data.
 
-    python tools/demo.py                     # default: 13-16 min on a 2-core CPU (README)
-    python tools/demo.py --iters 800 --val-interval 200   # the long schedule (see README)
+    python tools/demo.py                     # default: 11-13 min on a 2-core CPU (README)
+    python tools/demo.py --iters 1000 --cosine-span 1 --val-interval 250   # long schedule, ~38 min
 
 1. Generates the demo data if absent (``--data``, default ``demo_data/``): a COCO-format instance
    dataset of shapes and an ADE20K-layout semantic dataset (dinat_backbone/demo_data.py).
