@@ -31,6 +31,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from dinat_backbone.demo_data import DEMO_SIZE  # noqa: E402  (the one definition of the demo's size)
+
 DET_CONFIG = osp.join(ROOT, "configs", "demo", "mask-rcnn_dinat-mini_demo.py")
 SEG_CONFIG = osp.join(ROOT, "configs", "demo", "upernet_dinat-mini_demo.py")
 D2_CONFIG = osp.join(ROOT, "configs", "demo", "d2_mask_rcnn_dinat_mini_demo.yaml")
@@ -60,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default="demo_data", help="demo data folder (default: demo_data)")
     p.add_argument("--n-train", type=int, default=300, help="training images per dataset")
     p.add_argument("--n-val", type=int, default=50, help="validation images per dataset")
-    p.add_argument("--size", type=int, default=192, help="image side in pixels (default 192)")
+    p.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda if available, else cpu)")
