@@ -53,8 +53,20 @@ extras = {
         "opencv-python-headless>=4.5",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
+    # Mask2Former's own requirements (its requirements.txt), beside the detectron2 ones: the
+    # official Mask2Former source is a project folder, not a package (see docs/detectron2.md).
+    "mask2former": [
+        "cython",
+        "scipy",
+        "shapely",
+        "timm>=0.9",
+        "h5py",
+        "submitit",
+        "scikit-image",
+    ],
     "hub": ["huggingface_hub>=0.20", "safetensors>=0.4"],
 }
+extras["mask2former"] = extras["detectron2"] + extras["mask2former"]
 extras["all"] = sorted({r for k, v in extras.items() if k != "natten" for r in v})
 
 setup(
@@ -68,7 +80,7 @@ setup(
     packages=find_packages(include=["dinat_backbone", "dinat_backbone.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",  # the tests and the safe loader rely on torch.load(weights_only=True)
         "fvcore>=0.1.5",
         "pycocotools>=2.0.6",
         "numpy>=1.22",

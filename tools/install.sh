@@ -34,13 +34,13 @@ EOF
 }
 
 # torch: 2.14.1 + torchvision 0.29.1 on x86_64 Linux with Python 3.11 (what this project is tested
-# with); anywhere else any torch >= 2.4 with its matching torchvision.
+# with); anywhere else any torch >= 2.6 with its matching torchvision.
 ARCH="$(uname -m)"
 PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 if [ "$ARCH" = "x86_64" ] && [ "$PYVER" = "3.11" ] && [ "$(uname -s)" = "Linux" ]; then
   TORCH=("torch==2.14.1" "torchvision==0.29.1")
 else
-  TORCH=("torch>=2.4" "torchvision")
+  TORCH=("torch>=2.6" "torchvision")
 fi
 if have "${TORCH[0]}" && "$PY" -c "import torchvision" >/dev/null 2>&1; then
   log "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
