@@ -90,6 +90,22 @@ fi
 log "installing dinat-backbone[$EXTRAS] (editable)"
 "${PIP[@]}" -e "$ROOT[$EXTRAS]"
 
+# transformers: the test extra installs transformers 5.x (what users have), whose DiNAT runs through
+# dinat_backbone.transformers.patch_transformers(). The oracle (tests/test_transformers_oracle.py)
+# is transformers 4.53.3's own DiNAT code, the last release whose layout was right: it lives in its
+# own folder beside the environment and runs in a subprocess with that folder first on PYTHONPATH.
+# The numpy it brings is deleted so that the environment's own is used.
+ORACLE_TF="$VENV/transformers-4.53"
+if PYTHONPATH="$ORACLE_TF" "$PY" -c "import sys, transformers; sys.exit(transformers.__version__ != '4.53.3')" >/dev/null 2>&1; then
+  log "transformers 4.53.3 oracle already in $ORACLE_TF"
+else
+  log "installing the transformers 4.53.3 oracle into $ORACLE_TF (about a minute)"
+  rm -rf "$ORACLE_TF"
+  "${PIP[@]}" --target "$ORACLE_TF" "transformers==4.53.3"
+  rm -rf "$ORACLE_TF"/numpy "$ORACLE_TF"/numpy.libs "$ORACLE_TF"/numpy-*.dist-info "$ORACLE_TF"/bin
+  PYTHONPATH="$ORACLE_TF" "$PY" -c "import transformers, numpy; print('oracle transformers', transformers.__version__, 'numpy', numpy.__version__)"
+fi
+
 "$PY" - <<'EOF'
 import torch, dinat_backbone
 print(f"torch {torch.__version__}, dinat_backbone {dinat_backbone.__version__}, "
