@@ -13,6 +13,7 @@ extras = {
     # Everything the default test run needs (CI installs it with ``mm``).
     "test": [
         "pytest>=7",
+        "ruff>=0.4",  # the lint .ci/run runs (ruff.toml)
         # transformers' DiNAT models, run through dinat_backbone.transformers.patch_transformers()
         # (its supported range). The 4.53.3 oracle lives beside it in .venv/transformers-4.53
         # (tools/install.sh; see tests/test_transformers_oracle.py).

@@ -16,6 +16,9 @@ stage4     32      8 * embed_dim          ceil(H/32)
 is smaller than kernel x dilation pads it for that layer's attention and crops it back).
 Stage outputs are taken before the stage's downsampler and pass through their own LayerNorm
 (``norm0``..``norm3``, the authors' detection / segmentation names; ``norm_stem`` for the stem).
+
+Weight decay: :func:`is_no_weight_decay` is the one policy every trainer here applies (no decay
+on the LayerNorms and the relative position bias tables, as in the authors' recipes).
 """
 from __future__ import annotations
 
@@ -28,7 +31,28 @@ import torch.nn as nn
 from .config import DinatConfig
 from .modeling import DinatPreTrainedModel
 
-__all__ = ["DinatBackbone"]
+__all__ = ["DinatBackbone", "NO_WEIGHT_DECAY_PATTERNS", "is_no_weight_decay"]
+
+# Substrings of a parameter's full name ("backbone.levels.0.blocks.1.attn.rpb") that mark it as
+# exempt from weight decay: every LayerNorm (patch_embed.norm, blocks' norm1/norm2, downsample.norm,
+# the output norms norm0..3 / norm_stem, DinatModel's norm) and every RPB table. Substring
+# matching is mmengine's ``paramwise_cfg.custom_keys`` rule, so these keys work there unchanged.
+NO_WEIGHT_DECAY_PATTERNS = ("norm", "rpb")
+
+
+def is_no_weight_decay(name: str) -> bool:
+    """True when parameter ``name`` (a full ``named_parameters()`` name) gets no weight decay."""
+    return any(p in name for p in NO_WEIGHT_DECAY_PATTERNS)
+
+
+def _stride(index: int) -> int:
+    """Stride of stage_names[index]: the stem (0) and stage1 are at 4, each stage after doubles."""
+    return 4 * 2 ** max(0, index - 1)
+
+
+def _norm_name(index: int) -> str:
+    """The LayerNorm module that produces output stage_names[index]."""
+    return "norm_stem" if index == 0 else f"norm{index - 1}"
 
 
 class DinatBackbone(DinatPreTrainedModel):
@@ -53,16 +77,13 @@ class DinatBackbone(DinatPreTrainedModel):
         self.out_features: List[str] = list(config.out_features)
         self.stage_names = list(config.stage_names)
         chans = [config.embed_dim] + self.num_features
-        strides = [4, 4, 8, 16, 32][: len(chans)]
-        self._out_feature_channels = {n: c for n, c in zip(self.stage_names, chans)}
-        self._out_feature_strides = {n: s for n, s in zip(self.stage_names, strides)}
+        self._out_feature_channels = dict(zip(self.stage_names, chans))
+        self._out_feature_strides = {n: _stride(i) for i, n in enumerate(self.stage_names)}
         for name in self.out_features:
-            idx = self.stage_names.index(name)
-            norm_name = "norm_stem" if idx == 0 else f"norm{idx - 1}"
-            self.add_module(norm_name, nn.LayerNorm(self._out_feature_channels[name],
-                                                    eps=config.layer_norm_eps))
+            norm = nn.LayerNorm(self._out_feature_channels[name], eps=config.layer_norm_eps)
+            self.add_module(_norm_name(self.stage_names.index(name)), norm)
         self._last_level = max(self.stage_names.index(n) for n in self.out_features) - 1
-        self.init_weights()
+        self.init_dinat_weights()
         self.frozen_stages = config.frozen_stages
         self._freeze_stages()
 
@@ -77,14 +98,27 @@ class DinatBackbone(DinatPreTrainedModel):
 
     @property
     def feature_info(self) -> List[dict]:
+        """timm-style: per output its name, channels (num_chs), stride (reduction) and the
+        module whose (channels-last) output it is, permuted to NCHW."""
         return [dict(name=n, num_chs=self._out_feature_channels[n],
-                     reduction=self._out_feature_strides[n]) for n in self.out_features]
+                     reduction=self._out_feature_strides[n],
+                     module=_norm_name(self.stage_names.index(n))) for n in self.out_features]
+
+    @staticmethod
+    def no_weight_decay_patterns() -> tuple:
+        """Parameter-name substrings exempt from weight decay (see :func:`is_no_weight_decay`)."""
+        return NO_WEIGHT_DECAY_PATTERNS
 
     @staticmethod
     def output_size(height: int, width: int, name: str) -> tuple:
-        """Spatial size of output ``name`` for an input of ``height`` x ``width``."""
-        steps = {"stem": 2, "stage1": 2, "stage2": 3, "stage3": 4, "stage4": 5}[name]
-        for _ in range(steps):
+        """Spatial size of output ``name`` ("stem" or "stage<k>") for a ``height`` x ``width``
+        input: one ceil-halving per stride-2 convolution, log2 of the output's stride of them."""
+        index = 0 if name == "stem" else int(name[5:]) if name[5:].isdigit() and \
+            name.startswith("stage") and int(name[5:]) >= 1 else None
+        if index is None:
+            raise ValueError(f"output_size: unknown output {name!r}; use 'stem' or 'stage1', "
+                             "'stage2', ...")
+        for _ in range(_stride(index).bit_length() - 1):
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width
 
@@ -114,8 +148,7 @@ class DinatBackbone(DinatPreTrainedModel):
 
     # -------------------------------------------------------------- forward
     def _out(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        idx = self.stage_names.index(name)
-        norm = self.norm_stem if idx == 0 else getattr(self, f"norm{idx - 1}")
+        norm = getattr(self, _norm_name(self.stage_names.index(name)))
         return norm(x).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:

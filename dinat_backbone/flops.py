@@ -3,7 +3,8 @@
 fvcore traces the model with ``torch.jit`` and counts each traced operator with a handle. Our
 attention op is a Python function made of gathers, matmuls and masks; counting those would
 charge the tiling overhead to the model. While :func:`flop_tracing` is active, ``na2d`` instead
-runs as one ``torch.autograd.Function`` (``NeighborhoodAttention2DFunction``), which fvcore sees
+runs as one ``torch.autograd.Function`` (:class:`NeighborhoodAttention2DFunction`, switched on
+through a context variable that ``na2d`` reads, so other threads are unaffected), which fvcore sees
 as a single ``prim::PythonOp.NeighborhoodAttention2DFunction`` node (fvcore names a PythonOp
 node ``"prim::PythonOp." + node.pyname()``, and ``pyname()`` is the Function's class name).
 :func:`na_flop_jit` counts that node the way NATTEN's own fvcore handles counted ``na2d_qk`` +
@@ -22,13 +23,17 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .ops import _FLOP_TRACE
+from .ops.tiled import na2d_tiled
+
 __all__ = [
     "NA_OP_NAME",
+    "NeighborhoodAttention2DFunction",
     "na_flop_jit",
     "add_na_flop_handle",
     "flop_tracing",
@@ -82,17 +87,31 @@ def add_na_flop_handle(counter):
     return counter.set_op_handle(NA_OP_NAME, na_flop_jit)
 
 
+class NeighborhoodAttention2DFunction(torch.autograd.Function):
+    """``na2d`` as one forward-only autograd.Function, so that a jit trace shows one node.
+
+    Used only inside :func:`flop_tracing`; computes exactly what ``na2d`` computes (the tiled
+    backend), returning (out, attention weights).
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, rpb, kh, kw, dh, dw, scale):
+        return na2d_tiled(query, key, value, (kh, kw), (dh, dw), rpb, scale, True)
+
+    @staticmethod
+    def backward(ctx, *grads):  # pragma: no cover - tracing only
+        raise RuntimeError("NeighborhoodAttention2DFunction is for FLOP counting only")
+
+
 @contextlib.contextmanager
 def flop_tracing() -> Iterator[None]:
-    """While active, ``na2d`` traces as one ``NeighborhoodAttention2DFunction`` node."""
-    from . import ops
-
-    old = ops._FLOP_TRACE
-    ops._FLOP_TRACE = True
+    """While active (in this thread / task only), ``na2d`` traces as one
+    ``NeighborhoodAttention2DFunction`` node."""
+    token = _FLOP_TRACE.set(NeighborhoodAttention2DFunction)
     try:
         yield
     finally:
-        ops._FLOP_TRACE = old
+        _FLOP_TRACE.reset(token)
 
 
 class _TupleOutputs(nn.Module):

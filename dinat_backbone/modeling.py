@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .config import DinatConfig
+from ._constants import ACTIVATIONS, ATTENTION_BACKENDS
+from .config import ConfigError, DinatConfig
 from .ops import na2d
 
 __all__ = [
@@ -36,7 +38,8 @@ class _Output:
     """A dataclass that also indexes like a tuple of its non-None fields (transformers style)."""
 
     def to_tuple(self) -> Tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+        return tuple(getattr(self, f.name) for f in fields(self)
+                     if getattr(self, f.name) is not None)
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -78,22 +81,13 @@ class QuickGELU(nn.Module):
 
 
 def activation(name: str) -> nn.Module:
-    name = str(name).lower()
-    table = {
-        "gelu": lambda: nn.GELU(),
-        "gelu_new": lambda: nn.GELU(approximate="tanh"),
-        "gelu_fast": lambda: nn.GELU(approximate="tanh"),
-        "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
-        "quick_gelu": QuickGELU,
-        "relu": nn.ReLU,
-        "silu": nn.SiLU,
-        "swish": nn.SiLU,
-        "tanh": nn.Tanh,
-        "mish": nn.Mish,
-    }
-    if name not in table:
-        raise ValueError(f"hidden_act={name!r} is not supported; use one of {sorted(table)}")
-    return table[name]()
+    """The module for ``config.hidden_act`` (the names of dinat_backbone._constants.ACTIVATIONS)."""
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ConfigError("hidden_act", name, "is not a supported activation",
+                          f"use one of {sorted(ACTIVATIONS)}")
+    module, kwargs = ACTIVATIONS[key]
+    return QuickGELU() if module == "QuickGELU" else getattr(nn, module)(**kwargs)
 
 
 class DropPath(nn.Module):
@@ -377,17 +371,26 @@ class DinatPreTrainedModel(nn.Module):
         elif isinstance(module, NeighborhoodAttention2D):
             nn.init.trunc_normal_(module.rpb, std=std)
 
-    def init_weights(self) -> None:
+    def init_dinat_weights(self) -> None:
+        """Random initialisation of every parameter (skipped inside :func:`skip_init`).
+
+        Named so that it does not collide with mmengine's ``BaseModule.init_weights`` (which the
+        mmengine adapter's subclass keeps with mmengine's meaning)."""
         if _SKIP_INIT.get():
             return
         self.apply(self._init_weights)
 
+    def init_weights(self) -> None:
+        """Deprecated alias of :meth:`init_dinat_weights`."""
+        warnings.warn("DinatPreTrainedModel.init_weights() is deprecated: call "
+                      "init_dinat_weights()", DeprecationWarning, stacklevel=2)
+        self.init_dinat_weights()
+
     def set_attention_backend(self, backend: str) -> None:
         """Switch every NA layer to ``backend`` ("auto", "tiled", "gather", "natten", "flex")."""
-        from .ops import BACKENDS
-
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; use one of {list(BACKENDS)}")
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; use one of "
+                             f"{list(ATTENTION_BACKENDS)}")
         self.config.attention_backend = backend
         for m in self.modules():
             if isinstance(m, NeighborhoodAttention2D):
@@ -423,12 +426,13 @@ class DinatModel(DinatPreTrainedModel):
         self._build_trunk()
         self.norm = nn.LayerNorm(self.num_features[-1], eps=config.layer_norm_eps)
         self.add_pooling_layer = add_pooling_layer
-        self.init_weights()
+        self.init_dinat_weights()
 
     def forward(self, pixel_values: torch.Tensor, output_attentions: Optional[bool] = None,
                 output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None):
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_attentions = (cfg.output_attentions if output_attentions is None
+                             else output_attentions)
         output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         return_dict = cfg.use_return_dict if return_dict is None else return_dict

@@ -1,12 +1,15 @@
 """DinatBackbone: names, channels, strides and sizes of its NCHW outputs, per-output LayerNorms,
 frozen stages (no gradients, eval mode kept after .train()), drop path, gradient checkpointing.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dinat_backbone import DinatBackbone, DinatConfig, DinatModel
-from dinat_backbone.modeling import DropPath, NALayer
+from dinat_backbone import DinatBackbone, DinatConfig, DinatForImageClassification, DinatModel
+from dinat_backbone.backbone import NO_WEIGHT_DECAY_PATTERNS, is_no_weight_decay
+from dinat_backbone.modeling import DropPath, NALayer, NeighborhoodAttention2D
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,8 +36,9 @@ def test_default_outputs_channels_and_strides():
     assert bb.out_features == ["stage1", "stage2", "stage3", "stage4"]
     assert bb.channels == [64, 128, 256, 512]
     assert bb.strides == [4, 8, 16, 32]
-    assert bb.feature_info == [dict(name=n, num_chs=c, reduction=s) for n, c, s in
-                               zip(bb.out_features, [64, 128, 256, 512], [4, 8, 16, 32])]
+    assert bb.feature_info == [dict(name=n, num_chs=c, reduction=s, module=m) for n, c, s, m in
+                               zip(bb.out_features, [64, 128, 256, 512], [4, 8, 16, 32],
+                                   ["norm0", "norm1", "norm2", "norm3"])]
     # the authors' dense-prediction norm names
     names = {n for n, _ in bb.named_modules()}
     assert {"norm0", "norm1", "norm2", "norm3"} <= names and "norm_stem" not in names
@@ -70,6 +74,73 @@ def test_tiny_inputs_with_real_mini_dilations(hw, sizes):
         outs = bb(torch.randn(1, 3, *hw))
     assert [tuple(t.shape[2:]) for t in outs.values()] == sizes
     assert all(torch.isfinite(t).all() for t in outs.values())
+
+
+def test_feature_info_module_is_the_module_that_produces_the_output():
+    # timm's "module": a forward hook on it sees each output (channels-last, before NCHW).
+    torch.manual_seed(0)
+    bb = DinatBackbone(small_config(), out_features=ALL).eval()
+    modules = dict(bb.named_modules())
+    seen = {}
+    for info in bb.feature_info:
+        modules[info["module"]].register_forward_hook(
+            lambda m, a, o, name=info["name"]: seen.__setitem__(name, o))
+    with torch.no_grad():
+        outs = bb(torch.randn(1, 3, 40, 56))
+    assert [i["name"] for i in bb.feature_info] == ALL
+    for name, t in outs.items():
+        torch.testing.assert_close(seen[name].permute(0, 3, 1, 2), t, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("depths,heads", [([1, 1, 1], [1, 2, 2]),
+                                          ([1, 1, 1, 1, 1], [1, 1, 2, 2, 4])])
+def test_strides_follow_the_number_of_stages(depths, heads):
+    # Strides by hand: the stem and stage1 at 4, then doubling per stage.
+    cfg = DinatConfig(embed_dim=8, depths=depths, num_heads=heads, kernel_size=3,
+                      dilations=[[1]] * len(depths), drop_path_rate=0.0)
+    names = ["stem"] + [f"stage{i + 1}" for i in range(len(depths))]
+    bb = DinatBackbone(cfg, out_features=names).eval()
+    want = {3: [4, 4, 8, 16], 5: [4, 4, 8, 16, 32, 64]}[len(depths)]
+    assert bb.strides == want
+    assert bb.channels == [8] + [8 * 2 ** i for i in range(len(depths))]
+    with torch.no_grad():
+        outs = bb(torch.randn(1, 3, 200, 136))
+    for (name, t), s in zip(outs.items(), want):
+        assert tuple(t.shape[2:]) == (math.ceil(200 / s), math.ceil(136 / s)), name
+        assert bb.output_size(200, 136, name) == tuple(t.shape[2:])
+    with pytest.raises(ValueError, match="unknown output 'res4'"):
+        bb.output_size(10, 10, "res4")
+
+
+def _decay_oracle(model):
+    """Parameter names without weight decay by module type: LayerNorms and RPB tables."""
+    out = set()
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        if isinstance(m, torch.nn.LayerNorm):
+            out |= {prefix + n for n, _ in m.named_parameters(recurse=False)}
+        if isinstance(m, NeighborhoodAttention2D):
+            out.add(prefix + "rpb")
+    return out
+
+
+@pytest.mark.parametrize("build", [
+    lambda: DinatBackbone(small_config(layer_scale_init_value=1e-5), out_features=ALL),
+    lambda: DinatForImageClassification(small_config(num_labels=5)),
+], ids=["backbone-all-outputs", "classifier"])
+def test_no_weight_decay_policy_is_layernorms_and_rpb(build):
+    model = build()
+    names = [n for n, _ in model.named_parameters()]
+    want = _decay_oracle(model)
+    assert {n for n in names if is_no_weight_decay(n)} == want
+    # inside a detector the names carry a prefix; the policy does not depend on it
+    assert {n for n in names if is_no_weight_decay("backbone.bottom_up." + n)} == want
+    # biases, layer-scale gammas and the head decay (the authors' recipe)
+    assert not is_no_weight_decay("levels.0.blocks.0.attn.qkv.bias")
+    assert not is_no_weight_decay("levels.0.blocks.0.gamma1")
+    assert DinatBackbone.no_weight_decay_patterns() == NO_WEIGHT_DECAY_PATTERNS
+    for p in NO_WEIGHT_DECAY_PATTERNS:                       # no dead pattern
+        assert any(p in n for n in want), p
 
 
 def test_outputs_are_the_trunk_stage_maps_through_their_own_norms():

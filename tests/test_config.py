@@ -1,17 +1,21 @@
-"""DinatConfig: the seed's defaults, the authors' variants and dilation presets, the dilation rule,
-JSON round trips, and a ValueError naming the field for every invalid value.
+"""DinatConfig: transformers' defaults, the authors' variants and dilation presets, the dilation
+rule, JSON round trips, the field table, from_variant, and a ConfigError naming the field, the
+value and the fix for every invalid value.
 
-Expected values are written out from the sources (the transformers DinatConfig docs in
-../shared/seed, the authors' classification/dinat.py, detection / segmentation / Mask2Former
-configs as tabulated in ../shared/REFERENCE.md), not computed by the code under test.
+Expected values are written out from the sources (the documented defaults of transformers'
+DinatConfig, the authors' classification model definitions and their detection / segmentation /
+Mask2Former configs), not computed by the code under test.
 """
+import inspect
 import json
+import pickle
 
 import pytest
 
-from dinat_backbone import DinatConfig, derive_dilations, dilation_preset
+from dinat_backbone import ConfigError, DinatConfig, derive_dilations, dilation_preset
+from dinat_backbone.config import FIELDS
 
-# transformers.DinatConfig() defaults, as documented in the seed.
+# transformers.DinatConfig() defaults, as documented by transformers.
 SEED_DEFAULTS = dict(
     patch_size=4, num_channels=3, embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16],
     kernel_size=7, dilations=[[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]],
@@ -21,7 +25,7 @@ SEED_DEFAULTS = dict(
 )
 
 D224_18 = [1, 2] * 9
-# The authors' variants (REFERENCE.md table; classification/dinat.py).
+# The authors' variants (their classification model definitions).
 VARIANTS = {
     "mini": dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0,
                  layer_scale_init_value=0.0, kernel_size=7),
@@ -204,7 +208,7 @@ INVALID = [
     ("out_indices", dict(out_indices=[1, 7])),
     ("out_indices", dict(out_indices=[3, 1])),
     ("num_labels", dict(num_labels=-1)),
-    ("num_labels", dict(num_labels=3, id2label={0: "a", 1: "b"})),
+    ("id2label", dict(num_labels=3, id2label={0: "a", 1: "b"})),   # message names num_labels=3
     ("problem_type", dict(problem_type="ranking")),
     ("frozen_stages", dict(frozen_stages=5)),
     ("frozen_stages", dict(frozen_stages=-2)),
@@ -218,9 +222,162 @@ INVALID = [
 @pytest.mark.parametrize("field,kwargs", INVALID,
                          ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)])
 def test_invalid_field_raises_naming_it(field, kwargs):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ConfigError) as e:
         DinatConfig(**kwargs)
-    assert field in str(e.value), str(e.value)
+    err = e.value
+    assert isinstance(err, ValueError)
+    assert err.field == field, str(err)
+    # "<field>=<value!r>: <problem>. Fix: <fix>"
+    assert str(err) == f"{field}={err.value!r}: {err.problem}. Fix: {err.fix}"
+    assert err.problem and err.fix
+    if field in kwargs:
+        assert err.value == kwargs[field], (err.value, kwargs[field])
+
+
+def test_config_error_message_rename_and_pickle():
+    err = ConfigError("depths", [3, 0], "must be positive", "e.g. [3, 4, 6, 5]")
+    assert str(err) == "depths=[3, 0]: must be positive. Fix: e.g. [3, 4, 6, 5]"
+    ren = err.renamed({"depths": "MODEL.DINAT.DEPTHS", "kernel_size": "MODEL.DINAT.KERNEL_SIZE"})
+    assert str(ren) == "MODEL.DINAT.DEPTHS=[3, 0]: must be positive. Fix: e.g. [3, 4, 6, 5]"
+    assert (ren.field, ren.value, ren.problem, ren.fix) == ("depths", [3, 0], "must be positive",
+                                                           "e.g. [3, 4, 6, 5]")
+    assert str(err).startswith("depths=")                       # the original is untouched
+    assert str(err.renamed({"embed_dim": "EMBED_DIM"})) == str(err)   # not in the map: kept
+    back = pickle.loads(pickle.dumps(ren))                       # crosses process boundaries
+    assert type(back) is ConfigError and str(back) == str(ren) and back.field == "depths"
+
+
+def test_a_real_error_renamed_for_an_adapter():
+    with pytest.raises(ConfigError) as e:
+        DinatConfig(kernel_size=4)
+    msg = str(e.value.renamed({"kernel_size": "MODEL.DINAT.KERNEL_SIZE"}))
+    assert msg.startswith("MODEL.DINAT.KERNEL_SIZE=4: must be an odd integer >= 3. Fix: ")
+
+
+def test_preset_and_resolution_errors_are_config_errors():
+    with pytest.raises(ConfigError) as e:
+        dilation_preset("cityscapes")
+    assert e.value.field == "dilations" and "coco" in e.value.fix
+    with pytest.raises(ConfigError) as e:
+        derive_dilations(0)
+    assert e.value.field == "image_size"
+
+
+# ----------------------------------------------------------------------- the field table
+TRANSFORMERS_FIELDS = list(SEED_DEFAULTS)
+BACKBONE_FIELDS = ["out_features", "out_indices", "num_labels", "id2label", "label2id",
+                   "problem_type", "frozen_stages", "attention_backend", "gradient_checkpointing",
+                   "output_hidden_states", "output_attentions", "use_return_dict"]
+
+
+def test_the_field_table_drives_the_signature():
+    params = inspect.signature(DinatConfig).parameters
+    assert list(params) == list(FIELDS) + ["kwargs"]
+    assert set(FIELDS) == set(TRANSFORMERS_FIELDS) | set(BACKBONE_FIELDS)
+    for name, f in FIELDS.items():
+        assert params[name].default == f.default, name
+        assert f.doc, name
+    # one default per field, equal to transformers' (dilations: a preset that resolves to it)
+    for name, want in SEED_DEFAULTS.items():
+        got = FIELDS[name].default
+        if name == "dilations":
+            assert dilation_preset(got) == want
+        else:
+            assert (list(got) if isinstance(got, tuple) else got) == want, name
+    assert FIELDS["drop_path_rate"].default == 0.1
+    assert DinatConfig.FIELDS is FIELDS
+
+
+def test_positional_arguments_follow_the_table():
+    cfg = DinatConfig(4, 1, 32)
+    assert (cfg.patch_size, cfg.num_channels, cfg.embed_dim) == (4, 1, 32)
+    with pytest.raises(TypeError):
+        DinatConfig(*range(len(FIELDS) + 1))
+
+
+def test_the_field_table_drives_to_dict():
+    d = DinatConfig().to_dict()
+    saved = [n for n, f in FIELDS.items() if f.saved]
+    assert list(d) == ["model_type"] + saved
+    assert "num_labels" not in d and len(d["id2label"]) == 1000       # saved as id2label
+    assert all(isinstance(k, str) for k in d["id2label"])             # JSON keys
+    json.dumps(d)                                                     # plain JSON types
+
+
+def test_default_dilations_follow_the_depths():
+    # None / the default: the ImageNet-224 pattern fitted to the depths (not mini's lists).
+    cfg = DinatConfig(depths=[2, 2, 2, 2])
+    assert cfg.dilations == [[1, 8], [1, 4], [1, 2], [1, 1]]
+    assert DinatConfig(dilations=None) == DinatConfig()
+
+
+def test_a_changed_field_is_checked_again():
+    cfg = DinatConfig()
+    cfg.dilations = "coco"
+    cfg.validate()
+    assert cfg.dilations == PRESETS_MINI["coco"]
+    cfg.num_heads = [2, 4, 8]
+    with pytest.raises(ConfigError, match=r"^num_heads=\[2, 4, 8\]: needs one entry per stage"):
+        cfg.validate()
+
+
+def test_backend_and_activation_names_have_one_source():
+    from dinat_backbone import _constants, config, modeling, ops
+
+    assert ops.BACKENDS is config.ATTENTION_BACKENDS is _constants.ATTENTION_BACKENDS
+    assert config.ACTIVATIONS is _constants.ACTIVATIONS is modeling.ACTIVATIONS
+    for name in config.ATTENTION_BACKENDS:
+        DinatConfig(attention_backend=name)
+
+
+# ----------------------------------------------------------------------- from_variant
+DIL_512_DEPTH_18 = [[1, 18, 1], [1, 9, 1, 9], [1, 4] * 9, [1, 2, 1, 2, 1]]
+
+
+def test_from_variant_image_size_derives_dilations():
+    # By hand: 512 / 4 = 128, 64, 32, 16 per stage; // 7 = 18, 9, 4, 2.
+    assert DinatConfig.from_variant("tiny", image_size=512).dilations == DIL_512_DEPTH_18
+    assert DinatConfig.from_variant("tiny", image_size=(512, 1024)).dilations == DIL_512_DEPTH_18
+    # kernel 11 at 384: 96 // 11 = 8, 48 // 11 = 4, 24 // 11 = 2, 12 // 11 = 1
+    cfg = DinatConfig.from_variant("large_k11", image_size=384)
+    assert cfg.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
+    # an override of depths / kernel_size is what the rule uses
+    cfg = DinatConfig.from_variant("mini", image_size=256, depths=[1, 1, 2, 1], kernel_size=5)
+    assert cfg.dilations == [[1], [1], [1, 3], [1]]      # 64//5, 32//5, 16//5 = 3, 8//5 = 1
+
+
+@pytest.mark.parametrize("kw,field,phrase", [
+    (dict(image_size=16), "image_size", "smaller than the stride of the last stage (32 pixels)"),
+    (dict(image_size="512"), "image_size", "integer or (height, width)"),
+    (dict(image_size=512, dilations="coco"), "image_size", "together with dilations"),
+    (dict(out_indices=(0, 4)), "out_indices", "in 0..3"),
+    (dict(out_indices=(2, 1)), "out_indices", "increasing and without repeats"),
+    (dict(out_indices=()), "out_indices", "in 0..3"),
+    (dict(out_indices=(0,), out_features=["stage1"]), "out_indices", "together with out_features"),
+])
+def test_from_variant_errors(kw, field, phrase):
+    with pytest.raises(ConfigError) as e:
+        DinatConfig.from_variant("mini", **kw)
+    assert e.value.field == field and phrase in str(e.value), str(e.value)
+
+
+def test_from_variant_out_indices_count_stages_from_zero():
+    cfg = DinatConfig.from_variant("mini", out_indices=(0, 2))      # mmdet / mmseg / timm
+    assert cfg.out_features == ["stage1", "stage3"] and cfg.out_indices == [1, 3]
+    assert DinatConfig.from_variant("mini", out_indices=3).out_features == ["stage4"]
+    cfg = DinatConfig.from_variant("mini", out_indices=(0, 1, 2), depths=[1, 1, 1],
+                                   num_heads=[1, 2, 4], dilations=[[1], [1], [1]])
+    assert cfg.out_features == ["stage1", "stage2", "stage3"]
+
+
+def test_from_variant_none_overrides_and_no_variant():
+    cfg = DinatConfig.from_variant("base", kernel_size=None, layer_scale_init_value=None)
+    assert cfg.kernel_size == 7 and cfg.layer_scale_init_value == 1e-5 and cfg.variant == "base"
+    cfg = DinatConfig.from_variant(None, embed_dim=32)
+    assert cfg.embed_dim == 32 and cfg.depths == [3, 4, 6, 5] and cfg.variant is None
+    with pytest.raises(ConfigError) as e:
+        DinatConfig.from_variant(3)
+    assert e.value.field == "variant" and "mini" in e.value.fix
 
 
 def test_invalid_messages_say_the_fix():

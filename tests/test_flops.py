@@ -1,5 +1,5 @@
 """Parameters of every variant and FLOPs of mini against the authors' figures and against
-hand-written formulas; the fvcore handle for the neighborhood-attention op.
+hand-written formulas; the fvcore handle for the neighborhood-attention op and its switch.
 """
 import math
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_params(embed_dim, depths, heads, mlp_ratio, layer_scale, kernel, classes=1000):
-    """Parameters of the architecture in REFERENCE.md, from the layer shapes."""
+    """Parameters of the DiNAT architecture, counted by hand from the layer shapes."""
     C = embed_dim
     n = 3 * (C // 2) * 9 + C // 2 + (C // 2) * C * 9 + C + 2 * C        # two convs + LayerNorm
     for i, (depth, h) in enumerate(zip(depths, heads)):
@@ -122,3 +122,30 @@ def test_na_op_is_exact_inside_the_flop_trace():
         traced = torch.jit.trace(lambda a, b, c: na2d(a, b, c, 3, 2), (q, k, v),
                                  check_trace=False)
     torch.testing.assert_close(traced(q, k, v), want)
+
+
+def _traces_as_one_node(q, k, v) -> bool:
+    traced = torch.jit.trace(lambda a, b, c: na2d(a, b, c, 3, 2), (q, k, v), check_trace=False)
+    return any(n.kind() == "prim::PythonOp" for n in traced.graph.nodes())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_flop_tracing_is_scoped_to_its_context():
+    # The switch is a context variable: on inside the `with` in this thread only, off after it,
+    # and never seen by another thread tracing at the same time.
+    import threading
+
+    from dinat_backbone.flops import NeighborhoodAttention2DFunction, flop_tracing
+
+    q, k, v = (torch.randn(1, 2, 8, 8, 4) for _ in range(3))
+    assert not _traces_as_one_node(q, k, v)
+    other = {}
+    with flop_tracing():
+        assert _traces_as_one_node(q, k, v)
+        t = threading.Thread(target=lambda: other.setdefault("one_node",
+                                                             _traces_as_one_node(q, k, v)))
+        t.start()
+        t.join()
+    assert other == {"one_node": False}
+    assert not _traces_as_one_node(q, k, v)
+    assert NA_OP_NAME.endswith(NeighborhoodAttention2DFunction.__name__)

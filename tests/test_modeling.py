@@ -1,7 +1,7 @@
 """DinatModel / DinatForImageClassification: output shapes and conventions (transformers'),
 odd and tiny input sizes, the padding of maps smaller than kernel x dilation (checked against the
 slow oracle on a hand-padded input), the classification losses (against torch.nn.functional),
-drop path and gradient checkpointing.
+drop path and gradient checkpointing, the initialisation and the activations.
 """
 import math
 
@@ -342,3 +342,63 @@ def test_weight_init_follows_initializer_range():
     assert torch.equal(m.norm.weight, torch.ones(512))
     rpb = torch.cat([p.reshape(-1) for n, p in m.named_parameters() if n.endswith("rpb")])
     assert math.isclose(rpb.std().item(), 0.05, rel_tol=0.25)
+
+
+# ----------------------------------------------------------------------- init, activations
+def test_init_dinat_weights_and_the_deprecated_init_weights_alias():
+    torch.manual_seed(3)
+    a = DinatModel(small_config())
+    b = DinatModel(small_config())
+    torch.manual_seed(5)
+    a.init_dinat_weights()
+    torch.manual_seed(5)
+    with pytest.warns(DeprecationWarning, match="init_dinat_weights"):
+        b.init_weights()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+def test_construction_never_calls_init_weights():
+    # A framework's base class (mmengine's BaseModule) gives init_weights its own meaning; a
+    # subclass that overrides it must not be entered while the model is built.
+    from dinat_backbone import DinatBackbone
+
+    class Framework(DinatBackbone):
+        def init_weights(self):
+            raise AssertionError("init_weights called during construction")
+
+    m = Framework(small_config())
+    assert torch.equal(m.norm0.weight, torch.ones(16))        # the DiNAT init still ran
+
+
+def _quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _tanh_gelu(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+ACT_ORACLE = {
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
+    "gelu_new": _tanh_gelu, "gelu_fast": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu,
+    "quick_gelu": _quick_gelu,
+    "relu": lambda x: x.clamp(min=0),
+    "silu": lambda x: x * torch.sigmoid(x), "swish": lambda x: x * torch.sigmoid(x),
+    "tanh": torch.tanh,
+    "mish": lambda x: x * torch.tanh(torch.log1p(torch.exp(x))),
+}
+
+
+def test_every_configurable_activation_builds_and_computes_its_formula():
+    from dinat_backbone.config import ACTIVATIONS
+    from dinat_backbone.modeling import activation
+
+    assert set(ACTIVATIONS) == set(ACT_ORACLE)
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    for name in ACTIVATIONS:
+        DinatConfig(hidden_act=name)                           # the config accepts it
+        torch.testing.assert_close(activation(name)(x), ACT_ORACLE[name](x), msg=name)
+    torch.testing.assert_close(activation("GELU")(x), ACT_ORACLE["gelu"](x))
+    with pytest.raises(ValueError, match="hidden_act='gelu2'"):
+        activation("gelu2")

@@ -16,10 +16,12 @@ indexed by the key's offset from the query. Every backend computes the same numb
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Optional, Sequence, Union
 
 import torch
 
+from .._constants import ATTENTION_BACKENDS
 from .gather import na2d_av, na2d_gather, na2d_qk
 from .natten_backend import na2d_natten, natten_info, natten_supports
 from .tiled import na2d_tiled
@@ -27,25 +29,15 @@ from .windows import axis_neighborhood, check_kernel_dilation, check_window_fits
 
 __all__ = ["na2d", "na2d_qk", "na2d_av", "available_backends", "BACKENDS", "axis_neighborhood"]
 
-BACKENDS = ("auto", "tiled", "gather", "natten", "flex")
+BACKENDS = ATTENTION_BACKENDS
 
 _IMPLS = {"tiled": na2d_tiled, "gather": na2d_gather, "natten": na2d_natten}
 
-# Set by dinat_backbone.flops while fvcore traces a model: the op then shows up in the trace as
-# one node (prim::PythonOp.NeighborhoodAttention2DFunction) that a FLOP handle can count.
-_FLOP_TRACE = False
-
-
-class NeighborhoodAttention2DFunction(torch.autograd.Function):
-    """Forward-only wrapper used while counting FLOPs with fvcore (see dinat_backbone.flops)."""
-
-    @staticmethod
-    def forward(ctx, query, key, value, rpb, kh, kw, dh, dw, scale):
-        return na2d_tiled(query, key, value, (kh, kw), (dh, dw), rpb, scale, True)
-
-    @staticmethod
-    def backward(ctx, *grads):  # pragma: no cover - tracing only
-        raise RuntimeError("NeighborhoodAttention2DFunction is for FLOP counting only")
+# Set (per thread / task) by dinat_backbone.flops.flop_tracing() to the autograd.Function that
+# na2d runs as while fvcore traces a model: the op then shows up in the trace as one node that a
+# FLOP handle can count. None otherwise.
+_FLOP_TRACE: "contextvars.ContextVar[Optional[type]]" = contextvars.ContextVar(
+    "dinat_flop_trace", default=None)
 
 
 def _flex_impl():
@@ -159,9 +151,9 @@ def na2d(
             return out
         attn = query.new_zeros(query.shape[:4] + (ks[0] * ks[1],)) + (link * 0).to(query.dtype)
         return out, attn
-    if _FLOP_TRACE and torch.jit.is_tracing():
-        out, attn = NeighborhoodAttention2DFunction.apply(query, key, value, rpb, ks[0], ks[1],
-                                                          dil[0], dil[1], scale)
+    flop_function = _FLOP_TRACE.get()
+    if flop_function is not None and torch.jit.is_tracing():
+        out, attn = flop_function.apply(query, key, value, rpb, ks[0], ks[1], dil[0], dil[1], scale)
         return (out, attn) if return_attn else out
     p = float(dropout_p) if training else 0.0
     if backend == "auto":
