@@ -3,7 +3,7 @@
 Parameter names follow the authors' classification code (``patch_embed.proj.{0,1}``,
 ``levels.{i}.blocks.{j}.attn.{qkv,rpb,proj}``, ``levels.{i}.downsample.{reduction,norm}``,
 ``norm``, ``head``), so their checkpoints load without renaming; outputs follow transformers'
-``DinatModel`` conventions, so its weights give the same tensors (see checkpoints.py).
+``DinatModel`` conventions, so its weights give the same tensors (see weights/convert.py).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 from ._constants import ACTIVATIONS, ATTENTION_BACKENDS
 from .config import ConfigError, DinatConfig
 from .ops import na2d
+from .weights.loading import from_pretrained as _weights_from_pretrained
 
 __all__ = [
     "DinatModel",
@@ -409,13 +410,14 @@ class DinatPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, config: Optional[DinatConfig] = None,
                         **kwargs):
-        """Load from a local file / directory (any supported format) or a Hub id.
+        """Load from a local file / directory (any supported format, also the folder of a
+        transformers composite model such as UperNet / Mask2Former / OneFormer) or a Hub id.
 
-        See :func:`dinat_backbone.checkpoints.from_pretrained`.
+        See :func:`dinat_backbone.weights.from_pretrained`; the random initialisation is
+        skipped for the tensors the checkpoint provides.
         """
-        from .checkpoints import from_pretrained
-
-        return from_pretrained(cls, path_or_hub_id, config=config, **kwargs)
+        return _weights_from_pretrained(cls, path_or_hub_id, config=config,
+                                        init_context=skip_init, **kwargs)
 
 
 class DinatModel(DinatPreTrainedModel):

@@ -1,4 +1,5 @@
-"""Checkpoint formats, conversion, loading and refusal (dinat_backbone/checkpoints.py).
+"""Checkpoint formats, conversion, loading and refusal (dinat_backbone/weights/, also reached
+through the old import path dinat_backbone.checkpoints).
 
 The key names of each released format are recorded in tests/data/checkpoint_keys.json, each
 section with the source (repository, file) it was read from; those lists are the oracle here,
@@ -6,10 +7,15 @@ not this project's own model. The numeric oracle (transformers' Dinat) is in
 test_transformers_oracle.py.
 """
 import argparse
+import ast
 import importlib.util
 import json
 import os
+import pathlib
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -222,8 +228,12 @@ def test_backbone_strict_report_one_message():
     with pytest.raises(ValueError) as e:
         ck.load_pretrained(DinatBackbone(cfg), sd)
     msg = str(e.value)
-    assert "1 missing keys: levels.1.blocks.0.attn.rpb" in msg
-    assert "1 unexpected keys: levels.1.blocks.0.attn.extra_table" in msg
+    assert "does not fit this DinatBackbone" in msg
+    assert "1 missing keys (in this DinatBackbone, not in the checkpoint): " \
+           "levels.1.blocks.0.attn.rpb [2, 5, 5]" in msg
+    assert "1 unexpected keys (in the checkpoint, not in this DinatBackbone): " \
+           "levels.1.blocks.0.attn.extra_table [2]" in msg
+    assert "pass strict=False" in msg
     rep = ck.load_pretrained(DinatBackbone(cfg), sd, strict=False)
     assert rep.missing_backbone_keys == ["levels.1.blocks.0.attn.rpb"]
     assert rep.unexpected_backbone_keys == ["levels.1.blocks.0.attn.extra_table"]
@@ -262,10 +272,14 @@ def test_wrong_variant_is_one_error_with_keys_and_shapes():
            "[16, 3, 3, 3]" in msg
     assert "embed_dim=16" in msg
     deeper = tiny_config(depths=[1, 2, 3, 1], dilations=[[1], [1, 2], [2, 1, 2], [1]])
-    with pytest.raises(ValueError, match=r"weights the config needs are absent, first: "
-                                         r"levels\.2\.blocks\.2\.norm1\.weight \[64\]"):
+    # the same check, and the same message, for a config and for a model
+    with pytest.raises(ValueError, match=r"does not fit the config: 15 missing keys \(in the "
+                       r"config, not in the checkpoint\): levels\.2\.blocks\.2\.norm1\.weight \[64\]"):
         ck.convert_state_dict(sd, deeper)
-    with pytest.raises(ValueError, match="missing keys: levels.2.blocks.2"):
+    with pytest.raises(ValueError, match=r"does not fit this DinatModel: \d+ missing keys "
+                       r".*levels\.2\.blocks\.2\.norm1\.weight \[64\].*The checkpoint is "
+                       r"embed_dim=16, depths=\[1, 2, 2, 1\].*this DinatModel is embed_dim=16, "
+                       r"depths=\[1, 2, 3, 1\]"):
         ck.load_pretrained(DinatModel(deeper), sd)
 
 
@@ -487,3 +501,316 @@ def test_converted_checkpoint_loads_into_detectron2_adapter(tmp_path):
         got = model.state_dict()
         for k, v in trunk.items():
             assert torch.equal(got[BACKBONE_PREFIX + k], v), (name, k)
+
+
+# ------------------------------------------------------------------------- code-running pickles
+class _System:
+    """Unpickling this runs os.system('touch <marker>')."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _Touch:
+    """Unpickling this runs pathlib.Path(marker).touch() (through builtins.getattr)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (getattr(pathlib.Path(self.marker), "touch").__func__,
+                (pathlib.Path(self.marker),))
+
+
+def _write_evil(tmp_path, name, payload):
+    """A checkpoint with real DiNAT weights plus one payload entry, in the format of ``name``."""
+    sd = dict(DinatForImageClassification(tiny_config()).state_dict())
+    path = tmp_path / name
+    if name.endswith(".pkl"):  # detectron2's plain pickle of numpy arrays
+        with open(path, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}, "extra": payload}, f)
+    else:
+        torch.save({"model": sd, "extra": payload}, path)
+    return path
+
+
+def test_payloads_run_code_when_unpickled_unrestricted(tmp_path):
+    """The oracle for the refusal tests below: plain unpickling runs each payload."""
+    for payload in (_System(tmp_path / "ran_system"), _Touch(tmp_path / "ran_touch")):
+        pickle.loads(pickle.dumps(payload))
+        assert os.path.exists(payload.marker)
+
+
+def _assert_refused(err, path, global_name=None):
+    msg = str(err)
+    assert isinstance(err, ck.UnsafeCheckpointError) and isinstance(err, ValueError)
+    assert err.global_name and (global_name is None or err.global_name == global_name), \
+        (err.global_name, global_name)
+    for part in (str(path), "refused to load", f"'{err.global_name}'", "was NOT executed",
+                 "tools/convert_weights.py", "--trust-pickle"):
+        assert part in msg, (part, msg)
+
+
+@pytest.mark.parametrize("name", ["evil.pth", "evil.pkl"])
+@pytest.mark.parametrize("which", ["system", "touch"])
+def test_code_running_pickle_refused_by_every_loader(tmp_path, name, which):
+    marker = tmp_path / "marker"
+    payload = _System(marker) if which == "system" else _Touch(marker)
+    path = _write_evil(tmp_path, name, payload)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    inner = folder / ("model" + path.suffix)
+    shutil.copy(path, inner)
+    tiny_config().save_pretrained(str(folder))
+    cases = [
+        (path, lambda: ck.load_checkpoint_file(path)),
+        (path, lambda: ck.load_pretrained(DinatBackbone(tiny_config()), str(path))),
+        (path, lambda: DinatBackbone.from_pretrained(str(path))),
+        (inner, lambda: DinatForImageClassification.from_pretrained(str(folder))),
+    ]
+    for where, load in cases:
+        with pytest.raises(ck.UnsafeCheckpointError) as e:
+            load()
+        _assert_refused(e.value, where, "posix.system" if which == "system" else None)
+        assert not marker.exists()
+
+
+def test_convert_tool_refuses_code_running_pickle_and_converts_trusted_file(tmp_path):
+    marker = tmp_path / "marker"
+    evil = _write_evil(tmp_path, "evil.pth", _System(marker))
+    tool = os.path.join(ROOT, "tools", "convert_weights.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, tool, str(evil), str(tmp_path / "out.pth"), "--to",
+                        "mmengine"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "refused to load" in r.stderr and "'posix.system'" in r.stderr
+    assert "--trust-pickle" in r.stderr and not (tmp_path / "out.pth").exists()
+    assert not marker.exists()
+    # a file the user trusts, holding a harmless global the safe reader does not know
+    src = randomised(DinatForImageClassification(tiny_config()))
+    torch.save({"model": src.state_dict(), "origin": pathlib.PurePosixPath("/data/run1")},
+               tmp_path / "trusted.pth")
+    with pytest.raises(ck.UnsafeCheckpointError, match="pathlib"):
+        ck.load_checkpoint_file(tmp_path / "trusted.pth")
+    assert load_tool().main([str(tmp_path / "trusted.pth"), str(tmp_path / "clean.pth"), "--to",
+                             "dinat", "--trust-pickle"]) == 0
+    clean = ck.load_checkpoint_file(tmp_path / "clean.pth")  # now loads safely
+    assert_same(clean, src.state_dict())
+
+
+def test_one_allowlist():
+    """SAFE_GLOBALS is the only numpy-pickle allowlist in the package (adapters add their own
+    framework types through extra_globals, see the next test)."""
+    hits = []
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "dinat_backbone")):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(dirpath, f), encoding="utf-8").read()
+                if "_reconstruct" in text:
+                    hits.append(os.path.relpath(os.path.join(dirpath, f), ROOT))
+    assert hits == [os.path.join("dinat_backbone", "weights", "safe_io.py")], hits
+    assert "numpy.core.multiarray._reconstruct" in ck.SAFE_GLOBALS
+    assert not any(name.startswith(("os.", "posix.", "builtins.", "subprocess."))
+                   for name in ck.SAFE_GLOBALS)
+
+
+def test_extra_globals_are_allowed_for_one_read(tmp_path):
+    obj = {"model": {"w": torch.ones(2)}, "origin": pathlib.PurePosixPath("/x")}
+    for name in ("f.pth", "f.pkl"):
+        ck.save_state_dict(obj, tmp_path / name)
+        with pytest.raises(ck.UnsafeCheckpointError, match="PurePosixPath"):
+            ck.load_checkpoint_file(tmp_path / name)
+        got = ck.load_checkpoint_file(tmp_path / name, extra_globals=[pathlib.PurePosixPath])
+        assert got["origin"] == pathlib.PurePosixPath("/x")
+        with pytest.raises(ck.UnsafeCheckpointError):  # the extra was for that one read only
+            ck.load_checkpoint_file(tmp_path / name)
+
+
+def test_save_is_atomic(tmp_path):
+    path = tmp_path / "w.pth"
+    ck.save_state_dict({"w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # torch.save fails half-way (a lambda cannot be pickled)
+        ck.save_state_dict({"w": torch.zeros(1000), "f": lambda: 0}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["w.pth"]
+
+
+# ------------------------------------------------------------------------- config.json
+def _folder_with(tmp_path, config_text):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    src = randomised(DinatForImageClassification(tiny_config()))
+    ck.save_state_dict(src.state_dict(), folder / "model.safetensors")
+    if config_text is not None:
+        (folder / "config.json").write_text(config_text)
+    return folder, src
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"embed_dim": 16, "depths": [1, 2,', "config.json is present but cannot be read"),
+    ('[1, 2, 3]', "holds a list, not a JSON object"),
+    ('{"model_type": "swin", "embed_dim": 96}', "describes a 'swin' model"),
+    ('{"model_type": "upernet", "backbone_config": {"model_type": "convnext"}}',
+     "backbone_config is a 'convnext' backbone"),
+    ('{"model_type": "dinat", "embed_dim": 16, "depths": [1, 2, 2, 1], "num_heads": [1, 2, 2, 4],'
+     ' "kernel_size": 4}', "does not describe a valid DiNAT"),
+    ('{"num_labels": 5}', "no model_type and no DiNAT fields"),
+])
+def test_unreadable_or_invalid_config_json_is_an_error(tmp_path, text, problem):
+    folder, _ = _folder_with(tmp_path, text)
+    with pytest.raises(ValueError) as e:
+        DinatForImageClassification.from_pretrained(str(folder))
+    assert problem in str(e.value) and str(folder / "config.json") in str(e.value)
+    with pytest.raises(ValueError, match="config.json"):
+        load_tool().main([str(folder), str(tmp_path / "out.pth"), "--to", "mmengine"])
+
+
+def test_absent_config_json_falls_back_and_says_why(tmp_path):
+    folder, src = _folder_with(tmp_path, None)
+    with pytest.warns(UserWarning) as rec:
+        m = DinatForImageClassification.from_pretrained(str(folder))
+    msgs = [str(w.message) for w in rec if "dilations are not stored" in str(w.message)]
+    assert len(msgs) == 1 and f"the folder {folder} has no config.json" in msgs[0]
+    assert_same(m.state_dict(), src.state_dict())
+    with pytest.warns(UserWarning, match="a single weights file was given"):
+        DinatForImageClassification.from_pretrained(str(folder / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------- composite models
+COMPOSITE = KEYS["transformers_composite_prefixes"]
+
+
+def _composite_folder(tmp_path, arch, cfg, bb):
+    """The folder transformers' save_pretrained writes for ``arch`` with a DiNAT backbone:
+    backbone keys in transformers' DinatBackbone names under the model's prefix, other
+    modules beside them, and config.json with the DinatConfig dict as backbone_config."""
+    prefix = COMPOSITE["prefixes"][arch]
+    sd = {prefix + k: v for k, v in ck.to_transformers(bb.state_dict(), "backbone").items()}
+    g = torch.Generator().manual_seed(3)
+    for k in ("decode_head.classifier.weight", "auxiliary_head.conv.weight",
+              "model.pixel_level_module.decoder.mask_projection.weight",
+              "model.transformer_module.decoder.layers.0.fc1.weight", "class_predictor.weight"):
+        sd[k] = torch.randn(4, 4, generator=g)
+    folder = tmp_path / arch
+    folder.mkdir()
+    ck.save_state_dict(sd, folder / "model.safetensors")
+    backbone_config = ck.transformers_config_dict(cfg, "backbone")
+    backbone_config.update(id2label={"0": "LABEL_0", "1": "LABEL_1"},
+                           label2id={"LABEL_0": 0, "LABEL_1": 1}, hidden_size=128, num_layers=4,
+                           stage_names=["stem", "stage1", "stage2", "stage3", "stage4"])
+    outer = {"model_type": COMPOSITE["model_types"][arch], "architectures": [arch],
+             "backbone_config": backbone_config, "num_labels": 150, "hidden_size": 256,
+             "use_pretrained_backbone": False, "transformers_version": "4.53.3"}
+    (folder / "config.json").write_text(json.dumps(outer))
+    return folder
+
+
+@pytest.mark.parametrize("arch", sorted(COMPOSITE["prefixes"]))
+def test_composite_transformers_folder_feeds_backbone_and_tool(tmp_path, arch):
+    cfg = tiny_config(dilations=[[1], [2, 1], [1, 2], [1]], out_features=["stage2", "stage4"])
+    bb = randomised(DinatBackbone(cfg))
+    folder = _composite_folder(tmp_path, arch, cfg, bb)
+    got, rep = DinatBackbone.from_pretrained(str(folder), output_loading_info=True)
+    assert got.config.dilations == cfg.dilations and got.out_features == ["stage2", "stage4"]
+    assert rep.format == "transformers" and rep.prefix == COMPOSITE["prefixes"][arch]
+    assert rep.ignored_keys == 5 and rep.missing_backbone_keys == []
+    assert any("backbone_config of a" in n for n in rep.notes)
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        want, out = bb(x), got.eval()(x)
+    for k in want:
+        torch.testing.assert_close(out[k], want[k], rtol=0, atol=0)
+    for to, name in (("mmengine", "mm.pth"), ("detectron2", "d2.pkl")):
+        assert load_tool().main([str(folder), str(tmp_path / name), "--to", to]) == 0
+        again = DinatBackbone(cfg)
+        rep = ck.load_pretrained(again, str(tmp_path / name))
+        assert rep.missing_backbone_keys == [] and rep.unexpected_backbone_keys == []
+        trunk = {k: v for k, v in bb.state_dict().items() if k.startswith(("patch", "levels"))}
+        assert_same({k: v for k, v in again.state_dict().items() if k in trunk}, trunk)
+
+
+# ------------------------------------------------------------------------- key table
+def test_transformers_table_both_ways_against_recorded_names(no_init):
+    """One table read both ways gives transformers' names (recorded from its source)."""
+    cls = DinatForImageClassification(DinatConfig.from_variant("mini"))
+    hf = ck.to_transformers(cls.state_dict(), "classification")
+    assert {k: list(v.shape) for k, v in hf.items()} == KEYS["transformers_classification"]["keys"]
+    bb = DinatBackbone(DinatConfig.from_variant("mini", out_features=["stem", "stage1", "stage2",
+                                                                      "stage3", "stage4"]))
+    hf_bb = ck.to_transformers(bb.state_dict(), "backbone")
+    for k, s in KEYS["transformers_backbone_norms"]["keys"].items():
+        assert list(hf_bb[k].shape) == s, k
+    mini_ls = DinatConfig.from_variant("mini", layer_scale_init_value=1e-5)
+    hf_ls = ck.to_transformers(DinatModel(mini_ls).state_dict(), "model")
+    for k, s in KEYS["transformers_model_layer_scale"]["keys"].items():
+        assert list(hf_ls[k].shape) == s, k
+    # a transformers file missing one of query / key / value is refused by name
+    sd = fake_weights(KEYS["transformers_classification"]["keys"])
+    del sd["dinat.encoder.levels.1.layers.2.attention.self.key.bias"]
+    with pytest.raises(ValueError, match=r"levels\.1\.layers\.2\.attention\.self\.key\.bias.*"
+                                         r"the file is incomplete"):
+        ck.convert_state_dict(sd)
+
+
+# ------------------------------------------------------------------------- package structure
+OLD_PUBLIC = ["FORMATS", "LoadReport", "load_checkpoint_file", "extract_state_dict",
+              "detect_format", "find_backbone", "infer_config", "convert_state_dict",
+              "expected_shapes", "resize_rpb", "load_pretrained", "from_pretrained", "to_authors",
+              "to_transformers", "transformers_config_dict", "to_mmengine", "to_detectron2",
+              "save_state_dict", "DEFAULT_DETECTRON2_PREFIX"]
+
+
+def _imports_of(path, modname):
+    """Modules ``path`` (module ``modname``; a package as ``pkg.__init__``) imports, read from
+    its syntax tree, as absolute names."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = modname.rsplit(".", node.level)[0] if node.level else ""
+            mod = ".".join(p for p in (base, node.module or "") if p)
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names
+                       if os.path.exists(os.path.join(ROOT, *f"{mod}.{a.name}".split(".")) + ".py"))
+    return out
+
+
+def test_weights_package_imports_only_config_and_has_no_cycle():
+    pkg = os.path.join(ROOT, "dinat_backbone", "weights")
+    graph = {}
+    for f in sorted(os.listdir(pkg)):
+        if not f.endswith(".py"):
+            continue
+        name = "dinat_backbone.weights." + f[:-3]
+        deps = _imports_of(os.path.join(pkg, f), name)
+        deps = {d + ".__init__" if d == "dinat_backbone.weights" else d for d in deps}
+        ours = {d for d in deps if d.startswith("dinat_backbone")}
+        outside = {d for d in ours if not d.startswith("dinat_backbone.weights.")}
+        assert outside <= {"dinat_backbone.config"}, (f, outside)
+        assert not {d.split(".")[0] for d in deps} & {"detectron2", "mmengine", "mmdet", "mmseg",
+                                                       "mmcv", "transformers"}, (f, deps)
+        graph[name] = (ours - outside) - {name}
+    assert set(graph["dinat_backbone.weights.__init__"]) >= {
+        "dinat_backbone.weights." + m for m in ("safe_io", "convert", "loading")}
+    seen, stack = set(), []
+
+    def visit(n):
+        assert n not in stack, f"import cycle: {' -> '.join(stack + [n])}"
+        if n in seen:
+            return
+        stack.append(n)
+        for d in graph.get(n, ()):
+            visit(d)
+        stack.pop()
+        seen.add(n)
+    for n in graph:
+        visit(n)
+    # the old module is a re-export of every public name it had
+    for name in OLD_PUBLIC:
+        assert getattr(ck, name) is getattr(__import__("dinat_backbone.weights",
+                                                       fromlist=[name]), name), name

@@ -5,7 +5,10 @@
 
 SRC is any supported checkpoint (the authors' classification / mmdet / mmseg / Mask2Former
 files, transformers' weights or folder, detectron2 .pth / .pkl, this project's): the format and
-the variant are recognised from the keys and shapes (see dinat_backbone/checkpoints.py).
+the variant are recognised from the keys and shapes (see dinat_backbone/weights/). SRC may also
+be the folder of a transformers composite model (UperNetForSemanticSegmentation,
+Mask2FormerForUniversalSegmentation, OneFormerForUniversalSegmentation with a DiNAT backbone):
+the backbone is found under its prefix and its config read from config.json's backbone_config.
 
 --to dinat         this project's (= the authors' classification) names. DST ``*.pth`` /
                    ``*.safetensors``: the bare state dict; DST a folder: ``model.safetensors``
@@ -22,6 +25,11 @@ the variant are recognised from the keys and shapes (see dinat_backbone/checkpoi
 
 The adapters also read every released format directly; converting once saves the work at each
 start and gives a file the frameworks' own loaders read without this package.
+
+SRC is read without running code: a pickle that needs code to load is refused. Only for a file
+whose origin you trust, --trust-pickle reads it with torch.load(weights_only=False) (or plain
+pickle.load for a .pkl), which RUNS whatever code the file contains; the converted DST then
+holds tensors only and loads safely everywhere.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dinat_backbone import checkpoints as ck  # noqa: E402
+from dinat_backbone import weights as ck  # noqa: E402
 from dinat_backbone.config import DinatConfig  # noqa: E402
 
 
@@ -59,28 +67,53 @@ def parse_args(argv=None):
     p.add_argument("--kind", default="classification",
                    choices=["classification", "model", "backbone"],
                    help="--to transformers: which transformers class the names are for")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read SRC with torch.load(weights_only=False) / pickle.load, which RUNS "
+                        "any code the file contains: only for a file whose origin you trust")
     return p.parse_args(argv)
+
+
+def _load_trusting(path: str):
+    """Read ``path`` with the unrestricted unpickler: runs the file's code (--trust-pickle)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    if os.path.isdir(path):
+        path = ck.weights_file_in(path)
+    print(f"warning: --trust-pickle: reading {path} with the unrestricted unpickler; any code "
+          "it contains runs now", file=sys.stderr)
+    if path.lower().endswith(".safetensors"):
+        return ck.load_checkpoint_file(path)
+    if path.lower().endswith((".pkl", ".pickle")) and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _source_config(a, inferred: DinatConfig) -> DinatConfig:
+    """--config, else SRC folder's config.json (also a composite model's), else inferred."""
+    cfg_path = a.config
+    if cfg_path is None and os.path.isdir(a.src) and os.path.exists(
+            os.path.join(a.src, "config.json")):
+        cfg_path = os.path.join(a.src, "config.json")
+    if cfg_path:
+        config, note = ck.config_from_json(cfg_path)
+        print(f"note: {note}", file=sys.stderr)
+        return config
+    if a.to == "transformers" or (a.to == "dinat" and _is_dir_target(a.dst)):
+        print("note: dilations are not stored in weights; config.json gets the "
+              f"classification preset {inferred.dilations} (edit it, or pass --config)",
+              file=sys.stderr)
+    return inferred
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    src_obj = ck.load_checkpoint_file(a.src)
-    config = None
-    cfg_path = a.config
-    if cfg_path is None and os.path.isdir(a.src) and os.path.isfile(
-            os.path.join(a.src, "config.json")):
-        cfg_path = os.path.join(a.src, "config.json")
+    src_obj = _load_trusting(a.src) if a.trust_pickle else ck.load_checkpoint_file(a.src)
     sd, inferred = ck.convert_state_dict(src_obj, prefix=a.src_prefix, use_ema=a.use_ema)
-    if cfg_path:
-        with open(cfg_path, encoding="utf-8") as f:
-            d = json.load(f)
-        config = DinatConfig.from_dict({k: v for k, v in d.items() if k in ck._CONFIG_FIELDS})
-    else:
-        config = inferred
-        if a.to == "transformers" or (a.to == "dinat" and _is_dir_target(a.dst)):
-            print("note: dilations are not stored in weights; config.json gets the "
-                  f"classification preset {config.dilations} (edit it, or pass --config)",
-                  file=sys.stderr)
+    config = _source_config(a, inferred)
     if a.kernel_size is not None and a.kernel_size != config.kernel_size:
         config = config.copy(kernel_size=a.kernel_size)
     with warnings.catch_warnings(record=True) as caught:
@@ -88,8 +121,14 @@ def main(argv=None) -> int:
         sd, config = ck.convert_state_dict(sd, config)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    src_fmt = ck.detect_format(src_obj, a.src_prefix)
+    out = _write(a, sd, config)
+    print(f"{a.src} ({ck.detect_format(src_obj, a.src_prefix)}, {_summary(config)}) -> {out} "
+          f"({a.to})")
+    return 0
 
+
+def _write(a, sd, config: DinatConfig) -> str:
+    """Write ``sd`` (this project's names) in the layout --to asks for; returns the file."""
     if a.to == "dinat":
         if _is_dir_target(a.dst):
             os.makedirs(a.dst, exist_ok=True)
@@ -108,10 +147,9 @@ def main(argv=None) -> int:
         prefix = ck.DEFAULT_DETECTRON2_PREFIX if a.prefix is None else a.prefix
         out = ck.save_state_dict(ck.to_detectron2(sd, prefix), a.dst)
     else:
-        prefix = "backbone." if a.prefix is None else a.prefix
+        prefix = ck.FORMAT_PREFIXES["mmengine"] if a.prefix is None else a.prefix
         out = ck.save_state_dict(ck.to_mmengine(sd, prefix), a.dst)
-    print(f"{a.src} ({src_fmt}, {_summary(config)}) -> {out} ({a.to})")
-    return 0
+    return out
 
 
 def _is_dir_target(path: str) -> bool:
