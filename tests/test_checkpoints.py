@@ -379,7 +379,8 @@ def test_malicious_pickles_are_refused(tmp_path):
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump({"model": {"x": _Payload(str(marker))}, "__author__": "x"}, f)
     for name in ("evil.pth", "evil.pkl"):
-        with pytest.raises(ValueError, match=r"refused to load.*needs to run code to load \(it asks for '(io|builtins)\.open'\)"):
+        with pytest.raises(ValueError, match=r"refused to load.*needs to run code to load "
+                                             r"\(it asks for '(io|builtins)\.open'\)"):
             ck.load_pretrained(DinatBackbone(cfg), str(tmp_path / name))
         assert not marker.exists()
     with pytest.raises(ValueError, match="refused"):
@@ -413,7 +414,8 @@ def test_from_pretrained_folder_file_and_hub_errors(tmp_path, monkeypatch):
     # a Hub id with no network: a clear error naming the files to fetch by hand
     hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # as with no network
-    with pytest.raises(ValueError, match=r"could not fetch.*download 'config\.json' and 'pytorch_model\.bin'"):
+    with pytest.raises(ValueError, match=r"could not fetch.*download 'config\.json' and "
+                                         r"'pytorch_model\.bin'"):
         DinatModel.from_pretrained("shi-labs/dinat-mini-in1k-224", cache_dir=str(tmp_path / "c"))
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     with pytest.raises(ValueError, match=r"needs huggingface_hub.*pytorch_model\.bin"):
@@ -730,6 +732,67 @@ def test_composite_transformers_folder_feeds_backbone_and_tool(tmp_path, arch):
         assert rep.missing_backbone_keys == [] and rep.unexpected_backbone_keys == []
         trunk = {k: v for k, v in bb.state_dict().items() if k.startswith(("patch", "levels"))}
         assert_same({k: v for k, v in again.state_dict().items() if k in trunk}, trunk)
+
+
+def test_sharded_transformers_folder(tmp_path):
+    """A sharded save (model.safetensors.index.json + shards, as transformers writes large
+    models) reads every shard through the safe reader."""
+    arch = "OneFormerForUniversalSegmentation"
+    cfg = tiny_config(dilations=[[1], [2, 1], [1, 2], [1]])
+    bb = randomised(DinatBackbone(cfg))
+    folder = _composite_folder(tmp_path, arch, cfg, bb)
+    sd = ck.load_checkpoint_file(folder / "model.safetensors")
+    os.remove(folder / "model.safetensors")
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[::2],
+              "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        ck.save_state_dict({k: sd[k] for k in part}, folder / name)
+    index = {"metadata": {"total_size": 0},
+             "weight_map": {k: n for n, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    got = DinatBackbone.from_pretrained(str(folder))
+    assert got.loading_report.source.endswith("model.safetensors.index.json")
+    assert_same(got.state_dict(), bb.state_dict())
+    index["weight_map"]["x"] = "../elsewhere.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="point outside its folder"):
+        DinatBackbone.from_pretrained(str(folder))
+
+
+def _hub_cache(tmp_path, files):
+    """huggingface_hub's cache layout for one repository snapshot holding ``files``."""
+    repo = tmp_path / "hub" / "models--someone--dinat-tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name, writer in files.items():
+        writer(snap / name)
+    return str(tmp_path / "hub")
+
+
+def test_hub_config_json_unreadable_or_unfetchable_is_an_error(tmp_path, monkeypatch):
+    """Offline, from huggingface_hub's own cache: a cached config.json that is not valid JSON,
+    or one that cannot be fetched, is an error naming it, not a fallback to preset dilations."""
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    src = DinatForImageClassification(tiny_config())
+    save = lambda p: ck.save_state_dict(src.state_dict(), p)  # noqa: E731
+    cache = _hub_cache(tmp_path / "a", {"model.safetensors": save,
+                                        "config.json": lambda p: p.write_text("{oops")})
+    with pytest.raises(ValueError, match=r"config\.json is present but cannot be read"):
+        DinatForImageClassification.from_pretrained("someone/dinat-tiny", cache_dir=cache)
+    cache = _hub_cache(tmp_path / "b", {"model.safetensors": save})
+    with pytest.raises(ValueError, match=r"someone/dinat-tiny: the weights were fetched but "
+                                         r"config\.json could not be"):
+        DinatForImageClassification.from_pretrained("someone/dinat-tiny", cache_dir=cache)
+    cache = _hub_cache(tmp_path / "c", {"model.safetensors": save,
+                                        "config.json": lambda p: tiny_config().save_pretrained(
+                                            str(p.parent))})
+    m = DinatForImageClassification.from_pretrained("someone/dinat-tiny", cache_dir=cache)
+    assert m.config.dilations == tiny_config().dilations
+    assert_same(m.state_dict(), src.state_dict())
 
 
 # ------------------------------------------------------------------------- key table

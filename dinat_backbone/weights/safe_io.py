@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import json
 import os
 import pickle
 import re
@@ -37,8 +38,11 @@ __all__ = [
 ]
 
 # Weights files looked for in a directory, in this order; then any file with these extensions.
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth",
-                "model.pt", "model_final.pth", "model_final.pkl")
+# The ``*.index.json`` files list the shards of a sharded transformers save_pretrained.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json", "model.pth", "pytorch_model.pth", "model.pt",
+                "model_final.pth", "model_final.pkl")
+INDEX_SUFFIX = ".index.json"
 WEIGHT_EXTS = (".safetensors", ".bin", ".pth", ".pt", ".pkl", ".pickle", ".ckpt")
 
 TRUSTED_CONVERSION = ("python tools/convert_weights.py FILE clean.pth --to dinat --trust-pickle "
@@ -230,19 +234,44 @@ def weights_file_in(directory: str) -> str:
     raise ValueError(f"{directory}: several weights files {cands}; pass the one to load")
 
 
+def _shard_files(index_path: str) -> list:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index_path}: not a readable shard index ({type(e).__name__}: {e}); "
+                         "download it again") from None
+    folder = os.path.dirname(index_path)
+    bad = [n for n in names if os.path.basename(n) != n]
+    if bad:  # shard names are plain file names next to the index
+        raise ValueError(f"{index_path}: shard names {bad} point outside its folder")
+    return [os.path.join(folder, n) for n in names]
+
+
+def _read_sharded(index_path: str, extra_globals, map_location) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for shard in _shard_files(index_path):
+        out.update(load_checkpoint_file(shard, extra_globals, map_location))
+    return out
+
+
 def load_checkpoint_file(path: Union[str, os.PathLike], extra_globals: Iterable[GlobalSpec] = (),
                          map_location: Any = "cpu") -> Any:
     """Read a checkpoint file (or the weights file of a directory) without running its code.
 
     ``extra_globals``: further objects a caller's own files legitimately hold (e.g. mmengine's
     ``HistoryBuffer``), as objects or ``(object, "module.name")`` pairs, added to
-    :data:`SAFE_GLOBALS` for this one read. Returns what the file holds (a state dict or a dict
+    :data:`SAFE_GLOBALS` for this one read. A ``*.index.json`` (a sharded transformers save)
+    reads every shard it lists. Returns what the file holds (a state dict or a dict
     wrapping one). Raises :class:`UnsafeCheckpointError` for a pickle that needs code, and a
     ValueError naming the file for a missing, empty, truncated or foreign one.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         path = weights_file_in(path)
+    if path.endswith(INDEX_SUFFIX) and os.path.isfile(path):
+        return _read_sharded(path, extra_globals, map_location)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r}: no such file")
     size = os.path.getsize(path)
