@@ -189,7 +189,8 @@ def _int_list(v) -> Optional[List[int]]:
 
 def _boolean(v, cfg):
     if not isinstance(v, bool):
-        raise _Invalid("must be True or False", "write True or False (not a string or a number)")
+        raise _Invalid("must be True or False",
+                       "write True or False (in YAML: true or false), not a string or a number")
     return v
 
 
