@@ -91,6 +91,15 @@ class KeyTable:
                     return rule, idx, fields
         return None
 
+    def _fused(self, rule: Rule, fields: Mapping[str, object], parts: Mapping[int, torch.Tensor],
+               to_theirs: bool) -> torch.Tensor:
+        names = [_format(t, fields) for t in rule.side(to_theirs)[0]]
+        if len(parts) != len(names):
+            raise ValueError(
+                f"{self.name} checkpoint: {' + '.join(names)} belong together, but only "
+                f"{[names[i] for i in sorted(parts)]} are present; the file is incomplete")
+        return _fuse([parts[i] for i in range(len(names))], rule.join)
+
     def convert(self, sd: Mapping[str, torch.Tensor], to_theirs: bool, kind: Optional[str] = None,
                 prefix: str = "") -> Tuple[Dict[str, torch.Tensor], List[str]]:
         """(renamed dict, keys no rule knows). Keys of rules that ``kind`` lacks are dropped;
@@ -117,15 +126,6 @@ class KeyTable:
         for (rule, name), (fields, parts) in groups.items():
             out[name] = self._fused(rule, fields, parts, to_theirs)
         return out, unknown
-
-    def _fused(self, rule: Rule, fields: Mapping[str, object], parts: Mapping[int, torch.Tensor],
-               to_theirs: bool) -> torch.Tensor:
-        names = [_format(t, fields) for t in rule.side(to_theirs)[0]]
-        if len(parts) != len(names):
-            raise ValueError(
-                f"{self.name} checkpoint: {' + '.join(names)} belong together, but only "
-                f"{[names[i] for i in sorted(parts)]} are present; the file is incomplete")
-        return _fuse([parts[i] for i in range(len(names))], rule.join)
 
 
 def _layer(ours: str, theirs: str) -> Rule:

@@ -249,11 +249,19 @@ def _shard_files(index_path: str) -> list:
     return [os.path.join(folder, n) for n in names]
 
 
-def _read_sharded(index_path: str, extra_globals, map_location) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for shard in _shard_files(index_path):
-        out.update(load_checkpoint_file(shard, extra_globals, map_location))
-    return out
+def _read_file(path: str, allowed: Mapping[str, Any], map_location) -> Any:
+    """One checkpoint file, by its extension."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r}: no such file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes); download it again")
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        return _read_safetensors(path, size)
+    if lower.endswith((".pkl", ".pickle")) and not zipfile.is_zipfile(path):
+        return _read_plain_pickle(path, size, allowed)
+    return _read_torch(path, size, allowed, map_location)
 
 
 def load_checkpoint_file(path: Union[str, os.PathLike], extra_globals: Iterable[GlobalSpec] = (),
@@ -270,20 +278,13 @@ def load_checkpoint_file(path: Union[str, os.PathLike], extra_globals: Iterable[
     path = os.fspath(path)
     if os.path.isdir(path):
         path = weights_file_in(path)
-    if path.endswith(INDEX_SUFFIX) and os.path.isfile(path):
-        return _read_sharded(path, extra_globals, map_location)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r}: no such file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError(f"checkpoint {path!r} is empty (0 bytes); download it again")
-    lower = path.lower()
-    if lower.endswith(".safetensors"):
-        return _read_safetensors(path, size)
     allowed = _allowed(extra_globals)
-    if lower.endswith((".pkl", ".pickle")) and not zipfile.is_zipfile(path):
-        return _read_plain_pickle(path, size, allowed)
-    return _read_torch(path, size, allowed, map_location)
+    if not (path.endswith(INDEX_SUFFIX) and os.path.isfile(path)):
+        return _read_file(path, allowed, map_location)
+    out: Dict[str, Any] = {}
+    for shard in _shard_files(path):
+        out.update(_read_file(shard, allowed, map_location))
+    return out
 
 
 # ================================================================================== saving
