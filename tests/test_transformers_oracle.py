@@ -1,24 +1,33 @@
 """Oracle: transformers' own Dinat code, with converted weights, gives the same tensors.
 
-Why transformers 4.53.x (the ``test`` extra pins ``transformers>=4.50,<4.54``): its
-``modeling_dinat.NeighborhoodAttention.transpose_for_scores`` views [B, H, W, C] as
-[B, H, W, heads, D] and permutes to [B, heads, H, W, D], which is the layout NATTEN <= 0.17's
-``natten2dqkrpb(query, key, rpb, kernel_size, dilation)`` / ``natten2dav(attn, value,
-kernel_size, dilation)`` take; the context is permuted back with (0, 2, 3, 1, 4) (read in
+Why transformers 4.53.x: its ``modeling_dinat.NeighborhoodAttention.transpose_for_scores`` views
+[B, H, W, C] as [B, H, W, heads, D] and permutes to [B, heads, H, W, D], which is the layout
+NATTEN <= 0.17's ``natten2dqkrpb(query, key, rpb, kernel_size, dilation)`` / ``natten2dav(attn,
+value, kernel_size, dilation)`` take; the context is permuted back with (0, 2, 3, 1, 4) (read in
 4.53.3's source; 4.50.3 is the same). 4.57.1 unpacks that 4-D tensor as 3-D and 5.x transposes
 H and W instead of moving the heads: both broken and unnoticed, since no NATTEN that installs on
 current torch provides those two functions any more.
 
-The only thing supplied here is those two NATTEN functions, from this project's op
+The environment has transformers 5.x (what users have; tests/test_transformers_patch.py runs it,
+patched). transformers 4.53.3 lives beside it in ``<venv>/transformers-4.53`` (tools/install.sh:
+``pip install --target DIR transformers==4.53.3``, the numpy it brings deleted), and this file
+then has one test, which runs this same file in a subprocess with that folder first on
+PYTHONPATH. There, transformers is 4.53 and the oracle tests below run.
+
+The only thing supplied to transformers is those two NATTEN functions, from this project's op
 (``dinat_backbone.ops.na2d_qk`` / ``na2d_av``: same semantics, same layout), plus switching off
 transformers' ``requires_backends(self, ["natten"])`` check. Everything else (embedding,
 padding of small maps, layer scale, downsamplers, norms, pooling, classifier) is transformers'.
 The transformers model is saved with its own ``save_pretrained`` (config.json +
 model.safetensors) and loaded with this project's ``from_pretrained``, so the comparison also
-covers the user's path.
+covers the user's path. The last test checks ``patch_transformers()`` against 4.53.3's own
+attention code on the same model instance.
 """
 import importlib
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,11 +38,49 @@ transformers = pytest.importorskip("transformers", reason="transformers not inst
 from dinat_backbone import DinatBackbone, DinatForImageClassification, DinatModel  # noqa: E402
 from dinat_backbone.ops import na2d_av, na2d_qk  # noqa: E402
 
-_V = tuple(int(x) for x in transformers.__version__.split(".")[:2])
-if not (4, 50) <= _V < (4, 54):
-    pytest.skip(f"transformers {transformers.__version__}: only 4.50-4.53 run Dinat correctly "
-                "(see this file's docstring); install transformers>=4.50,<4.54",
-                allow_module_level=True)
+_V = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+# Where this file runs: in an environment whose transformers is 4.50-4.53 (the oracle tests), or
+# in any other (one test that runs this file again under the 4.53.3 folder).
+ORACLE_HERE = (4, 50) <= _V < (4, 54)
+ORACLE_DIR = os.environ.get("DINAT_TRANSFORMERS_ORACLE") or os.path.join(sys.prefix,
+                                                                         "transformers-4.53")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _collected_if(here: bool):
+    """Collect the decorated test only in one of the two modes (pytest honours ``__test__``)."""
+    def deco(fn):
+        fn.__test__ = here
+        return fn
+    return deco
+
+
+oracle = _collected_if(ORACLE_HERE)
+launcher = _collected_if(not ORACLE_HERE)
+
+
+@launcher
+def test_oracle_under_transformers_4_53():
+    """This file's oracle tests, run by transformers 4.53.3 from its own folder."""
+    if not os.path.isfile(os.path.join(ORACLE_DIR, "transformers", "__init__.py")):
+        pytest.skip(f"the transformers 4.53.3 oracle folder {ORACLE_DIR} is missing (ImportError "
+                    "there); bash tools/install.sh creates it (pip install --target "
+                    f"{ORACLE_DIR} transformers==4.53.3)")
+    path = [ORACLE_DIR, ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path))
+    proc = subprocess.run([sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-s",
+                           "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    out = proc.stdout + proc.stderr
+    for line in out.splitlines():
+        if "max abs diff" in line or re.search(r"\d+ passed", line):
+            print(line)
+    assert proc.returncode == 0, out[-5000:]
+    assert "transformers 4.53.3" in out, out[-3000:]
+    summary = out.strip().splitlines()[-1]
+    assert re.search(r"\b(\d+) passed", summary) and not re.search(
+        r"failed|error|skipped|xfail", summary), summary
+
 
 TOL = 1e-4
 SIZES = [(224, 224), (160, 224)]
@@ -99,6 +146,7 @@ def _max_diff(a, b):
     return (a - b).abs().max().item()
 
 
+@oracle
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_classification_matches_transformers(hf, name, tmp_path):
     torch.manual_seed(0)
@@ -127,6 +175,7 @@ def test_classification_matches_transformers(hf, name, tmp_path):
     assert max(diffs.values()) < TOL, diffs
 
 
+@oracle
 @pytest.mark.parametrize("name", ["small_k7_pad", "small_k5_layerscale"])
 def test_base_model_and_backbone_match_transformers(hf, name, tmp_path):
     torch.manual_seed(0)
@@ -161,6 +210,7 @@ def test_base_model_and_backbone_match_transformers(hf, name, tmp_path):
     assert max(diffs.values()) < TOL, diffs
 
 
+@oracle
 def test_round_trip_through_transformers_layout(hf, tmp_path):
     """ours -> transformers' names -> a transformers model loads them strictly -> ours."""
     from dinat_backbone import DinatConfig
@@ -183,3 +233,46 @@ def test_round_trip_through_transformers_layout(hf, tmp_path):
     back, _ = ck.convert_state_dict(ref.state_dict())
     own = src.state_dict()
     assert set(back) == set(own) and all(torch.equal(back[k], own[k]) for k in own)
+
+
+@oracle
+def test_patch_matches_transformers_own_attention(hf):
+    """``patch_transformers()`` on 4.53: one model instance, built before the patch, computed by
+    transformers' own NeighborhoodAttention code (NATTEN's two functions supplied) and then by the
+    patched one. Outputs, attentions (padded maps included) and gradients. Runs last: the patch
+    stays for the rest of the process."""
+    from dinat_backbone.transformers import is_patched, patch_transformers
+
+    assert not is_patched()
+    torch.manual_seed(0)
+    cfg = transformers.DinatConfig(**CONFIGS["small_k5_layerscale"])
+    model = _randomise(hf.DinatForImageClassification(cfg))
+    inputs = {size: torch.randn(2, 3, *size) for size in [(97, 131), (40, 56)]}
+    labels = torch.tensor([3, 7])
+
+    def run():
+        res = {}
+        with torch.no_grad():
+            for size, x in inputs.items():
+                o = model(x, output_hidden_states=True, output_attentions=True)
+                res[f"{size} logits"] = o.logits
+                for i, h in enumerate(o.reshaped_hidden_states):
+                    res[f"{size} reshaped_hidden_states[{i}]"] = h
+                for i, a in enumerate(o.attentions):
+                    res[f"{size} attentions[{i}]"] = a
+        model.zero_grad()
+        model(inputs[(97, 131)], labels=labels).loss.backward()
+        for n, p in model.named_parameters():
+            res[f"grad {n}"] = p.grad.clone()
+        return res
+
+    before = run()
+    changes = patch_transformers()
+    assert any("NeighborhoodAttention.forward" in c for c in changes) and is_patched()
+    after = run()
+    assert set(before) == set(after)
+    diffs = {k: _max_diff(before[k], after[k]) for k in before}
+    worst = max(diffs, key=diffs.get)
+    print(f"\npatch_transformers() on transformers {transformers.__version__} vs its own attention "
+          f"code: {len(diffs)} tensors, max abs diff {diffs[worst]:.2e} ({worst})")
+    assert diffs[worst] < TOL, worst
