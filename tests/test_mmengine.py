@@ -4,14 +4,16 @@
   ``DinatBackbone`` (same parameter names, same outputs); its config fields map onto
   ``DinatConfig``; invalid values raise naming the field.
 * ``init_cfg=dict(type='Pretrained')`` loads checkpoints written in the released formats.
-* The shipped configs' no-decay keys, checked on the optimiser mmengine builds from them.
+* Every loading path (``init_cfg``, ``load_from``, ``--resume``, tools/mm_test.py's checkpoint)
+  refuses a pickle that would run code, and the code does not run (no marker file appears);
+  mmengine's own checkpoints (HistoryBuffer, numpy scalars) still load.
 * Forward / backward on a tiny batch for UPerNet, Mask R-CNN and Mask2Former (instance,
   panoptic, semantic): the shipped configs with a tiny DiNAT and small inputs.
 * mmengine's Runner, through tools/mm_train.py and tools/mm_test.py, trains UPerNet-DiNAT-mini
   on a generated ADE20K-layout dataset (IoUMetric's mIoU checked against a confusion matrix
   computed here) and Mask R-CNN-DiNAT-mini on a generated COCO-format dataset (CocoMetric's bbox /
-  segm AP); resuming continues the iteration count; checkpoints load under torch's
-  ``weights_only`` and a crash while saving leaves the last checkpoint intact.
+  segm AP); resuming continues the iteration count; a crash while saving leaves the last
+  checkpoint intact.
 
 The Runner tests use the shipped mini configs with 64 / 96 px images, narrowed heads and
 dilations derived for that resolution: the ADE20K / COCO dilations need 112 / 196 px stage-1 maps,
@@ -37,9 +39,10 @@ from mmengine.model import BaseModule, revert_sync_batchnorm  # noqa: E402
 from mmengine.registry import DefaultScope, init_default_scope  # noqa: E402
 
 from dinat_backbone import DinatBackbone, DinatConfig, derive_dilations  # noqa: E402
-from dinat_backbone import checkpoints as ckpt  # noqa: E402
 from dinat_backbone import demo_data  # noqa: E402
-from dinat_backbone.mmengine import DiNAT  # noqa: E402
+from dinat_backbone import weights as ckpt  # noqa: E402
+from dinat_backbone.mmengine import DiNAT, patch_checkpoint_loader  # noqa: E402
+from dinat_backbone.weights import UnsafeCheckpointError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -275,47 +278,7 @@ def test_pretrained_through_a_detector_init_weights_and_mismatch_errors(tmp_path
         missing.init_weights()
 
 
-# ------------------------------------------------------------------------------ optimiser
-def _param_groups(config_path, device="cpu"):
-    from mmengine.optim import build_optim_wrapper
-
-    cfg = Config.fromfile(config_path)
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
-    with torch.device(device):
-        model = _registry(cfg.default_scope).build(cfg.model)
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    by_param = {}
-    for g in wrapper.optimizer.param_groups:
-        for p in g["params"]:
-            by_param[id(p)] = (g["lr"], g["weight_decay"])
-    return {n: by_param[id(p)] for n, p in model.named_parameters()}, cfg
-
-
-def test_no_weight_decay_on_norms_and_rpb_in_the_built_optimiser():
-    groups, cfg = _param_groups(UPERNET_MINI, device="meta")
-    lr, wd = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay
-    bb = {n: g for n, g in groups.items() if n.startswith("backbone.")}
-    assert len(bb) > 100
-    for n, (plr, pwd) in bb.items():
-        no_decay = ".rpb" in n or "norm" in n
-        assert (plr, pwd) == (lr, 0.0 if no_decay else wd), n
-    assert groups["backbone.levels.2.blocks.5.attn.rpb"][1] == 0.0
-    assert groups["backbone.norm3.weight"][1] == 0.0
-    assert groups["backbone.levels.0.downsample.norm.bias"][1] == 0.0
-    assert groups["backbone.levels.0.blocks.0.mlp.fc1.weight"][1] == wd
-
-
-def test_mask2former_backbone_multiplier_and_no_decay_in_the_built_optimiser():
-    groups, cfg = _param_groups(M2F_INST, device="meta")
-    lr, wd = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay
-    for n, (plr, pwd) in groups.items():
-        if n.startswith("backbone."):
-            no_decay = ".rpb" in n or ".norm" in n
-            assert (plr, pwd) == pytest.approx((0.1 * lr, 0.0 if no_decay else wd)), n
-    assert groups["panoptic_head.query_embed.weight"] == (lr, 0.0)
-    assert groups["backbone.levels.2.blocks.17.attn.rpb"] == pytest.approx((0.1 * lr, 0.0))
-    assert groups["backbone.levels.2.blocks.17.attn.qkv.weight"] == pytest.approx((0.1 * lr, wd))
+# (the optimiser groups of every shipped config are checked in test_mm_configs.py)
 
 
 # ------------------------------------------------------------------------------ forward / backward
@@ -589,10 +552,12 @@ def test_runner_trains_upernet_mini_iou_metric_and_resume(ade, tmp_path):
     # Resume from iteration 1: the schedule continues from there and ends at 2.
     from mmengine.runner.checkpoint import _load_checkpoint  # what Runner.resume calls
 
+    patch_checkpoint_loader()
+
     ck1 = os.path.join(wd, "iter_1.pth")
     with pytest.raises(pickle.UnpicklingError):  # plain weights_only load: mmengine's types
         torch.load(ck1)
-    saved = _load_checkpoint(ck1, map_location="cpu")  # weights_only, with the allow-list
+    saved = _load_checkpoint(ck1, map_location="cpu")  # the safe reader, HistoryBuffer allowed
     assert saved["meta"]["iter"] == 1
     from dinat_backbone.mmengine import build_runner, load_config
 
@@ -626,6 +591,71 @@ def test_runner_trains_upernet_mini_iou_metric_and_resume(ade, tmp_path):
     assert r3.iter == 3
     with open(os.path.join(wd, "last_checkpoint")) as f:
         assert f.read().strip().endswith("iter_3.pth")
+
+
+# ------------------------------------------------------------------------------ test-time augmentation
+def test_seg_tta_equals_an_average_of_flipped_and_rescaled_probabilities(ade):
+    """SegTTAModel built from the UPerNet config's tta_model, fed by its tta_pipeline (the test
+    size scaled to a 64 px image): its prediction is the argmax of the class probabilities of
+    every (scale, flip) view, each view flipped back and resized to the image, averaged. That
+    average is computed here by hand: resize, flip, normalise, model logits, flip back,
+    bilinear resize, softmax."""
+    import glob
+
+    import mmcv
+    import torch.nn.functional as F
+    from mmengine.dataset import Compose, pseudo_collate
+
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(UPERNET_MINI)
+    assert cfg.tta_model.type == "SegTTAModel"
+    resizes, flips = cfg.tta_pipeline[1].transforms[:2]
+    assert [t.scale for t in resizes] == [(int(2048 * r), int(512 * r))
+                                          for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+    assert [(t.prob, t.direction) for t in flips] == [(0.0, "horizontal"), (1.0, "horizontal")]
+    for t in resizes:  # the same ratios of a 64 px test size (4:1 box, as 2048x512)
+        t.scale = (t.scale[0] // 8, t.scale[1] // 8)
+    model = _tiny_model(UPERNET_MINI, {"model.decode_head.num_classes": 5,
+                                       "model.auxiliary_head.num_classes": 5}).eval()
+    tta = MODELS.build(dict(cfg.tta_model, module=model))
+    img_path = sorted(glob.glob(os.path.join(ade["root"], "images", "validation", "*.jpg")))[0]
+    seg_path = img_path.replace("images", "annotations").replace(".jpg", ".png")
+    views = Compose(cfg.tta_pipeline)(dict(img_path=img_path, seg_map_path=seg_path,
+                                           reduce_zero_label=True, seg_fields=[]))
+    assert len(views["inputs"]) == 12
+    with torch.no_grad():
+        merged = tta.test_step(pseudo_collate([views]))[0].pred_sem_seg.data[0]
+
+    img = mmcv.imread(img_path)  # BGR, as LoadImageFromFile
+    h, w = img.shape[:2]
+    mean = torch.tensor(cfg.model.data_preprocessor.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.model.data_preprocessor.std).view(3, 1, 1)
+    probs = []
+    with torch.no_grad():
+        for t in resizes:
+            sw, sh = t.scale
+            f = min(max(sw, sh) / max(h, w), min(sw, sh) / min(h, w))  # keep_ratio
+            size = (int(w * f + 0.5), int(h * f + 0.5))
+            small = mmcv.imresize(img, size)
+            for flip in (False, True):
+                x = small[:, ::-1] if flip else small
+                x = torch.from_numpy(x[..., ::-1].copy()).permute(2, 0, 1).float()  # to RGB
+                x = ((x - mean) / std)[None]
+                meta = [dict(img_shape=x.shape[2:], ori_shape=(h, w), pad_shape=x.shape[2:])]
+                logits = model.encode_decode(x, meta)
+                if flip:
+                    logits = logits.flip(-1)
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear",
+                                       align_corners=False)
+                probs.append(logits[0].softmax(0))
+    mean_prob = torch.stack(probs).mean(0)
+    top2 = mean_prob.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-5  # pixels whose argmax no rounding can change
+    assert clear.float().mean() > 0.95
+    assert torch.equal(merged[clear], mean_prob.argmax(0)[clear])
+    single = probs[4].argmax(0)  # the 1.0 scale, not flipped: TTA is not a no-op
+    assert not torch.equal(single, mean_prob.argmax(0))
 
 
 # ------------------------------------------------------------------------------ Runner: mmdet
@@ -722,16 +752,74 @@ class _EvilSystem:
 def test_mmengine_loading_still_refuses_code(evil, tmp_path):
     from mmengine.runner.checkpoint import _load_checkpoint
 
+    patch_checkpoint_loader()
     path = str(tmp_path / "evil.pth")
     torch.save({"state_dict": {}, "x": evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises((pickle.UnpicklingError, UnsafeCheckpointError)):
         _load_checkpoint(path, map_location="cpu")
+
+
+class _EvilMarker:
+    """Unpickling it calls open(path, "w"): the file ``path`` appears (a visible side effect)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _evil_checkpoint(folder, ext):
+    marker = folder / "UNPICKLED_CODE_RAN"
+    path = folder / f"evil{ext}"
+    payload = {"state_dict": {"w": np.zeros(2)}, "meta": {"x": _EvilMarker(str(marker))}}
+    if ext == ".pkl":  # detectron2-style plain pickle
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        torch.save(payload, path)
+    return str(path), marker
+
+
+@pytest.mark.parametrize("ext", [".pth", ".pkl"])
+def test_the_evil_checkpoint_really_runs_code_when_unpickled(ext, tmp_path):
+    """Negative control for the refusal tests: a plain unpickling creates the marker."""
+    path, marker = _evil_checkpoint(tmp_path, ext)
+    if ext == ".pkl":
+        with open(path, "rb") as f:
+            pickle.load(f)
+    else:
+        torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("route", ["init_cfg", "init_cfg_pkl", "load_from", "resume", "mm_test"])
+def test_code_running_pickle_is_refused_on_every_loading_path(route, ade, tmp_path):
+    evil, marker = _evil_checkpoint(tmp_path, ".pkl" if route == "init_cfg_pkl" else ".pth")
+    wd = str(tmp_path / "work")
+    if route.startswith("init_cfg"):
+        m = DiNAT(**TINY, init_cfg=dict(type="Pretrained", checkpoint=evil))
+        run = m.init_weights  # what the Runner calls
+    elif route == "mm_test":
+        cfg_path = _seg_config(tmp_path, ade)
+        run = lambda: mm_test.main([cfg_path, evil, "--work-dir", wd])  # noqa: E731
+    else:
+        cfg_path = _seg_config(tmp_path, ade)
+        flag = "--load-from" if route == "load_from" else "--resume"
+        run = lambda: mm_train.main([cfg_path, "--work-dir", wd, flag, evil])  # noqa: E731
+    with pytest.raises(UnsafeCheckpointError) as err:
+        run()
+    assert not marker.exists(), "the checkpoint's code ran"
+    msg = str(err.value)
+    assert evil in msg and "refused to load" in msg and "--trust-pickle" in msg
+    assert "open" in msg  # names what the file asked for
 
 
 def test_history_buffers_round_trip_under_weights_only(tmp_path):
     from mmengine.logging import MessageHub
     from mmengine.runner.checkpoint import _load_checkpoint
 
+    patch_checkpoint_loader()
     hub = MessageHub.get_instance("dinat_test_hub")
     for v in (3.0, 1.0, 2.0):
         hub.update_scalar("train/loss", v)
@@ -801,25 +889,13 @@ def test_a_crash_while_saving_keeps_the_last_checkpoint_intact(ade, tmp_path, mo
     assert sorted(f for f in os.listdir(wd) if f.endswith(".pth")) == ["iter_2.pth"]
 
 
-def test_no_decay_custom_keys_helper_matches_the_shipped_configs():
-    from dinat_backbone.mmengine import no_decay_custom_keys
-
-    up = Config.fromfile(UPERNET_MINI).optim_wrapper.paramwise_cfg.custom_keys
-    assert no_decay_custom_keys() == up
-    m2f = Config.fromfile(M2F_INST).optim_wrapper.paramwise_cfg.custom_keys
-    helper = no_decay_custom_keys("backbone", depths=[3, 4, 18, 5], lr_mult=0.1)
-    assert {k: m2f[k] for k in helper} == helper
-    assert set(m2f) - set(helper) == {"query_embed", "query_feat", "level_embed"}
-
-
 def test_tool_options_are_checked():
     from dinat_backbone.mmengine import load_config
 
     with pytest.raises(ValueError, match="launcher"):
         load_config(UPERNET_MINI, launcher="slurmish")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            load_config(UPERNET_MINI, launcher="pytorch")
+    cfg = load_config(UPERNET_MINI, launcher="pytorch")
+    assert cfg.model_wrapper_cfg.type == "DinatDistributedDataParallel"
     cfg = load_config(MRCNN_MINI, work_dir="/tmp/x", amp=True, resume=True,
                       cfg_options={"train_cfg.max_epochs": 1})
     assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.resume and cfg.load_from is None

@@ -7,8 +7,10 @@
     python tools/mm_train.py CONFIG --cfg-options train_dataloader.batch_size=4 data_root=...
     torchrun --nproc_per_node 8 tools/mm_train.py CONFIG --launcher pytorch   # mmengine's DDP
 
-Checkpoints are written atomically (temporary name, then rename), so a run killed while saving
-resumes from the last complete checkpoint. Evaluate with tools/mm_test.py.
+--launcher pytorch uses NCCL on GPUs and gloo on a machine without CUDA. Checkpoints are written
+atomically (temporary name, then rename), so a run killed while saving resumes from the last
+complete checkpoint; they are read back (--resume, --load-from) without running code from them.
+Evaluate with tools/mm_test.py.
 """
 import argparse
 import os
@@ -38,15 +40,16 @@ def main(argv=None):
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config entries, e.g. train_cfg.max_iters=100")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
-                   help="'pytorch' for torchrun / torch.distributed.launch (mmengine's DDP)")
+                   help="'pytorch' under torchrun (mmengine's DDP; gloo without CUDA)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
 
-    from dinat_backbone.mmengine import build_runner, load_config
+    from dinat_backbone.mmengine import build_runner, load_config, patch_checkpoint_loader
 
+    patch_checkpoint_loader()  # --resume / --load-from through the safe reader
     cfg = load_config(args.config, work_dir=args.work_dir,
                       cfg_options=parse_cfg_options(args.cfg_options), launcher=args.launcher,
                       resume=args.resume, amp=args.amp, load_from=args.load_from)

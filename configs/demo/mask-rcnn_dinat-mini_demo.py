@@ -5,15 +5,13 @@
 # with warm-up and cosine decay: ~2.5 s per iteration on 2 cores. Halving the RoI heads' work
 # (64 sampled RoIs, 64-channel mask head) made iterations ~25% cheaper but learned less per
 # iteration: bbox AP50 0.283 after 300 iterations vs 0.362 after 240 of 360 (README).
-# tools/demo.py runs it (and sets the data root,
-# iterations and an optional backbone warm start); by hand:
+# tools/demo.py runs it (and sets the data root, iterations and an optional backbone warm
+# start); by hand:
 #   python tools/make_demo_data.py --out demo_data
-#   python -m mmengine ... / tools/train.py configs/demo/mask-rcnn_dinat-mini_demo.py
-_base_ = [
-    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
+#   python tools/mm_train.py configs/demo/mask-rcnn_dinat-mini_demo.py
+_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/default_runtime.py',
+          '../_base_/dinat.py', './_base_/cpu_schedule.py']
+custom_imports = _base_.dinat_imports
 
 classes = ('circle', 'square', 'triangle')
 image_size = 192
@@ -22,20 +20,12 @@ image_size = 192
 # is made for 800-1333 px inputs (stage 1 dilation 28 would wrap a 48 px map).
 dilations = [[1, 6, 1], [1, 3, 1, 3], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
 max_iters = 300
-lr = 1e-3
 warmup_iters = 50
 fpn_channels = 128
 
 model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(
-        _delete_=True,
-        type='DiNAT',
-        variant='mini',
-        dilations=dilations,
-        drop_path_rate=0.0,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=None),
+    backbone=dict(_base_.dinat_backbone, dilations=dilations, drop_path_rate=0.0, init_cfg=None),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=fpn_channels, num_outs=5),
     rpn_head=dict(in_channels=fpn_channels, feat_channels=fpn_channels),
     roi_head=dict(
@@ -56,7 +46,6 @@ model = dict(
         rcnn=dict(max_per_img=50)))
 
 # ----------------------------------------------------------------------------------- data
-dataset_type = 'CocoDataset'
 data_root = 'demo_data/coco/'
 metainfo = dict(classes=classes, palette=[(220, 20, 60), (0, 130, 255), (250, 170, 30)])
 train_pipeline = [
@@ -73,46 +62,32 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
+dataset = dict(type='CocoDataset', data_root=data_root, metainfo=metainfo)
 train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_size=4, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
     batch_sampler=None,
-    dataset=dict(
-        type=dataset_type, data_root=data_root, metainfo=metainfo,
-        ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
-        filter_cfg=dict(filter_empty_gt=True, min_size=4), pipeline=train_pipeline))
+    dataset=dict(dataset, ann_file='annotations/instances_train.json',
+                 data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True, min_size=4),
+                 pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    drop_last=False,
+    batch_size=4, num_workers=0, persistent_workers=False, drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type, data_root=data_root, metainfo=metainfo,
-        ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
-        test_mode=True, pipeline=test_pipeline))
+    dataset=dict(dataset, ann_file='annotations/instances_val.json',
+                 data_prefix=dict(img='val/'), test_mode=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json',
                      metric=['bbox', 'segm'], format_only=False)
 test_evaluator = val_evaluator
 
 # ------------------------------------------------------------------------------ schedule
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'rpb': dict(decay_mult=0.0), 'norm': dict(decay_mult=0.0)}),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+optim_wrapper = dict(optimizer=dict(weight_decay=0.05))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters, eta_min=lr * 0.01,
+    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters, eta_min=1e-3 * 0.01,
          by_epoch=False, begin=warmup_iters, end=max_iters),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=4)
-
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))

@@ -6,28 +6,15 @@
 # mmdet's ConvNeXt-T Cascade Mask R-CNN 3x config has exactly these heads, pipeline and schedule;
 # this inherits it and replaces the backbone (and its mmpretrain import) and the optimiser.
 # The authors trained mini..base with fp16 (--amp in tools/mm_train.py), large in fp32.
-_base_ = ['mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py']  # noqa: E501
+_base_ = [
+    'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
+    '../_base_/dinat.py', './_base_/det_tta.py']
+custom_imports = _base_.dinat_imports
 
-custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
-
-checkpoint_file = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth'  # noqa: E501
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='DiNAT',
-        variant='mini',
-        dilations='coco',
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[64, 128, 256, 512]))
-
+model = dict(backbone=dict(_base_.dinat_backbone, dilations='coco', drop_path_rate=0.2),
+             neck=dict(in_channels=[64, 128, 256, 512]))
 optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'rpb': dict(decay_mult=0.), 'norm': dict(decay_mult=0.)}))
+    _delete_=True, type='OptimWrapper', constructor='DinatOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05))
 
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))

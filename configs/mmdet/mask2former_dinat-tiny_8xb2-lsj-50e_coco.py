@@ -1,43 +1,7 @@
-# Mask2Former-DiNAT-tiny, COCO instance segmentation, LSJ 1024x1024, 50 epochs. Same backbone and
-# optimiser as the panoptic config; the data / head settings come from mmdet's packaged R-50
-# instance config.
-_base_ = ['mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py']
-
-custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
-
-checkpoint_file = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth'  # noqa: E501
-depths = [3, 4, 18, 5]
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='DiNAT',
-        variant='tiny',
-        dilations='coco',
-        drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    panoptic_head=dict(in_channels=[64, 128, 256, 512]),
-    init_cfg=None)
-
-backbone_no_decay = dict(lr_mult=0.1, decay_mult=0.0)
-embed_multi = dict(lr_mult=1.0, decay_mult=0.0)
-custom_keys = {
-    'backbone': dict(lr_mult=0.1, decay_mult=1.0),
-    'backbone.patch_embed.norm': backbone_no_decay,
-    'backbone.norm': backbone_no_decay,
-    'query_embed': embed_multi,
-    'query_feat': embed_multi,
-    'level_embed': embed_multi,
-}
-custom_keys.update({
-    f'backbone.levels.{i}.blocks.{j}.{name}': backbone_no_decay
-    for i, depth in enumerate(depths) for j in range(depth) for name in ('norm', 'attn.rpb')
-})
-custom_keys.update({
-    f'backbone.levels.{i}.downsample.norm': backbone_no_decay for i in range(len(depths) - 1)
-})
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys=custom_keys, norm_decay_mult=0.0))
-
+# Mask2Former-DiNAT-tiny, COCO instance segmentation, LSJ 1024x1024, 50 epochs: the panoptic
+# config's backbone and optimiser on mmdet's packaged R-50 instance config.
+_base_ = ['./_base_/mask2former_dinat.py', 'mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py']  # noqa: E501
+custom_imports = _base_.dinat_imports
+model = _base_.mask2former_tiny
+optim_wrapper = dict(constructor='DinatOptimWrapperConstructor')
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))

@@ -1,45 +1,17 @@
 # Mask2Former with a DiNAT-tiny backbone, ADE20K semantic segmentation, 512x512 crops, 160k
 # iterations (8 GPUs x 2 images). No authors' reference for this size; it follows mmseg's Swin-T
 # Mask2Former recipe (AdamW 1e-4, wd 0.05, backbone lr x0.1, gradient clipping 0.01, poly) with
-# the ADE20K-512 dilations and drop path 0.3. Inherits mmseg's packaged R-50 Mask2Former config.
-_base_ = ['mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['dinat_backbone.mmengine'], allow_failed_imports=False)
-
-checkpoint_file = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth'  # noqa: E501
-depths = [3, 4, 18, 5]
+# the ADE20K-512 dilations and drop path 0.3. Inherits mmseg's packaged R-50 Mask2Former config;
+# the optimiser constructor adds no weight decay on the backbone's norms and RPB tables.
+# Multi-scale + flip testing: tools/mm_test.py --tta (see _base_/ade20k_tta.py).
+_base_ = ['mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py', '../_base_/dinat.py',
+          './_base_/ade20k_tta.py']
+custom_imports = _base_.dinat_imports
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='DiNAT',
-        variant='tiny',
-        dilations='ade20k512',
-        drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    backbone=dict(_base_.dinat_backbone, variant='tiny', dilations='ade20k512',
+                  drop_path_rate=0.3,
+                  init_cfg=dict(type='Pretrained', checkpoint=_base_.in1k_checkpoint.format('tiny'))),
     decode_head=dict(in_channels=[64, 128, 256, 512]))
-
-# Backbone at 0.1x the learning rate; no weight decay on its norms and RPB tables, nor on the
-# query / level embeddings (mmengine applies only the longest matching key, hence per layer).
-backbone_no_decay = dict(lr_mult=0.1, decay_mult=0.0)
-embed_multi = dict(lr_mult=1.0, decay_mult=0.0)
-custom_keys = {
-    'backbone': dict(lr_mult=0.1, decay_mult=1.0),
-    'backbone.patch_embed.norm': backbone_no_decay,
-    'backbone.norm': backbone_no_decay,
-    'query_embed': embed_multi,
-    'query_feat': embed_multi,
-    'level_embed': embed_multi,
-}
-custom_keys.update({
-    f'backbone.levels.{i}.blocks.{j}.{name}': backbone_no_decay
-    for i, depth in enumerate(depths) for j in range(depth) for name in ('norm', 'attn.rpb')
-})
-custom_keys.update({
-    f'backbone.levels.{i}.downsample.norm': backbone_no_decay for i in range(len(depths) - 1)
-})
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys=custom_keys, norm_decay_mult=0.0))
-
+optim_wrapper = dict(constructor='DinatOptimWrapperConstructor')
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+tta_pipeline = _base_.ade20k_tta['512']
