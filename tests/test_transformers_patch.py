@@ -427,6 +427,14 @@ print(json.dumps(out))
         assert f"transformers {v} is not supported" in msg and SUPPORTED_RANGE in msg, msg
 
 
+def test_unsupported_version_after_patch_is_refused_too(md, monkeypatch):
+    """The version is checked on every call, also when the module is already patched."""
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.49.0")
+    with pytest.raises(TransformersPatchError, match=r"transformers 4\.49\.0 is not supported"):
+        patch_transformers()
+    assert is_patched()
+
+
 def test_without_dinat_clear_error_nothing_changed():
     res = _run("""
 import sys, json
