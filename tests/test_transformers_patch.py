@@ -218,6 +218,7 @@ def _composite(name):
     classes = [torch.tensor([0, 2]), torch.tensor([1, 2])]
     if name == "upernet":
         cfg = transformers.UperNetConfig(backbone_config=_dinat_backbone_config(), hidden_size=16,
+                                         auxiliary_in_channels=64,  # stage 3: 16 * 4 channels
                                          auxiliary_channels=8, pool_scales=[1, 2], num_labels=3)
         model = transformers.UperNetForSemanticSegmentation(cfg)
         return (model, dict(pixel_values=x, labels=torch.randint(0, 3, (b, h, w))),

@@ -47,10 +47,11 @@ __all__ = ["patch_transformers", "is_patched", "TransformersPatchError", "SUPPOR
 MODULE = "transformers.models.dinat.modeling_dinat"
 _MIN, _MAX_EXCLUDED = (4, 50), (5, 25)
 SUPPORTED_RANGE = ">=4.50,<5.25"
-#: Versions the tests run the patch on (CI runs 4.53.3 and 5.24.0; 4.57.6 run by hand, see
-#: docs/transformers.md). The rest of the range has the same modeling_dinat structure, which is
-#: checked at run time before anything is changed.
-VERIFIED_VERSIONS = ("4.53.3", "4.57.6", "5.24.0")
+#: Versions tests/test_transformers_patch.py passed on (CI runs 5.24.0, and 4.53.3 through
+#: tests/test_transformers_oracle.py; the others by hand, see docs/transformers.md). The rest of
+#: the range has the same modeling_dinat structure (read in 4.55.4 and 5.12.1), which is checked
+#: at run time before anything is changed.
+VERIFIED_VERSIONS = ("4.50.3", "4.53.3", "4.57.6", "5.0.0", "5.24.0")
 _MARK = "_dinat_backbone_patch"
 
 
