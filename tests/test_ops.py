@@ -11,8 +11,14 @@ is cached; every backend and dtype is compared with that one result:
 * float16 / bfloat16: max abs error <= tol * max(1, max |reference|) with tol = 1e-2 for float16
   and 4e-2 for bfloat16 (about 4 and 2 significant bits over their unit roundoff of 4.9e-4 and
   3.9e-3: inputs, the logit matmul and the weighted sum are rounded in the half type).
+
+The ``flex`` backend (torch's flex_attention) is compared on the same matrix, forward only on
+the CPU (PyTorch has no flex_attention backward there). With ``DINAT_TEST_DEVICE=cuda`` (what
+``tools/gpu_check.py`` sets) every backend runs on the GPU against the same float64 CPU oracle,
+flex with its backward, in float32 / float16 / bfloat16 (flex_attention has no float64 kernel).
 """
 import functools
+import os
 import warnings
 
 import pytest
@@ -44,7 +50,13 @@ CASES = {
 }
 HALF_CASES = ["k3d1-odd-9x11", "k3d57-17x23", "k7d2-odd-15x19", "k7d4-30x28", "k13d1-exact-13x13",
               "k7x3-d2x5-16x17"]
+DEVICE = torch.device(os.environ.get("DINAT_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("DINAT_TEST_DEVICE=cuda but torch.cuda.is_available() is False: run "
+                       "tools/gpu_check.py on a machine with a CUDA GPU, or unset the variable")
+ON_CUDA = DEVICE.type == "cuda"
 BACKENDS = ["tiled", "gather", "auto"]
+FLEX_TRAIN = ON_CUDA            # flex_attention has a backward on CUDA only
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
@@ -82,18 +94,19 @@ def oracle(name):
 def run(name, backend, dtype, return_attn):
     """The backend's outputs and gradients for a case, in ``dtype``."""
     o = oracle(name)
-    leaves = {n: t.to(dtype, copy=True).requires_grad_(True) for n, t in o["x"].items()}
+    leaves = {n: t.to(DEVICE, dtype, copy=True).requires_grad_(True) for n, t in o["x"].items()}
     res = na2d(leaves["q"], leaves["k"], leaves["v"], o["ks"], o["dil"], rpb=leaves.get("rpb"),
                return_attn=return_attn, backend=backend)
     names = list(leaves)
     if return_attn:
         out, attn = res
         grads = torch.autograd.grad([out, attn], [leaves[n] for n in names],
-                                    [o["go"].to(dtype), o["ga"].to(dtype)])
+                                    [o["go"].to(DEVICE, dtype), o["ga"].to(DEVICE, dtype)])
     else:
         out, attn = res, None
-        grads = torch.autograd.grad(out, [leaves[n] for n in names], o["go"].to(dtype))
-    return out.detach(), (attn.detach() if attn is not None else None), dict(zip(names, grads))
+        grads = torch.autograd.grad(out, [leaves[n] for n in names], o["go"].to(DEVICE, dtype))
+    cpu = {n: g.cpu() for n, g in zip(names, grads)}
+    return out.detach().cpu(), (attn.detach().cpu() if attn is not None else None), cpu
 
 
 def max_err(actual, expected):
@@ -137,6 +150,53 @@ def test_matrix_half(name, dtype, backend):
     tol = HALF_TOL[dtype]
     compare(name, backend, dtype, True,
             lambda ref: tol * max(1.0, ref.abs().max().item()))
+
+
+# ----------------------------------------------------------------- flex_attention backend
+def _flex_forward(name, dtype):
+    o = oracle(name)
+    x = {n: t.to(DEVICE, dtype) for n, t in o["x"].items()}
+    with torch.no_grad():
+        out = na2d(x["q"], x["k"], x["v"], o["ks"], o["dil"], rpb=x.get("rpb"), backend="flex")
+    assert out.dtype == dtype and out.shape == o["out"].shape
+    return out.cpu()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32] if ON_CUDA else [torch.float64, torch.float32],
+                         ids=(lambda d: str(d).replace("torch.", "")))
+def test_flex_matrix(name, dtype):
+    if FLEX_TRAIN:     # CUDA: outputs and every gradient
+        compare(name, "flex", dtype, False, lambda ref: TOL[dtype])
+    else:              # CPU: forward only
+        err = max_err(_flex_forward(name, dtype), oracle(name)["out"])
+        assert err <= TOL[dtype], f"{name} flex {dtype}: max abs error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", HALF_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_flex_matrix_half(name, dtype):
+    tol = HALF_TOL[dtype]
+    if FLEX_TRAIN:
+        compare(name, "flex", dtype, False, lambda ref: tol * max(1.0, ref.abs().max().item()))
+    else:
+        ref = oracle(name)["out"]
+        err = max_err(_flex_forward(name, dtype), ref)
+        assert err <= tol * max(1.0, ref.abs().max().item()), f"{name} flex {dtype}: {err:.3g}"
+
+
+def test_flex_refuses_what_it_cannot_compute_with_a_reason():
+    o = oracle("k3d1-odd-9x11")
+    q, k, v = (o["x"][n].to(DEVICE) for n in "qkv")
+    if ON_CUDA:         # no float64 kernel
+        with pytest.raises(RuntimeError, match="supports fp16/bf16/fp32"):
+            na2d(q, k, v, o["ks"], o["dil"], backend="flex")
+    else:               # no backward on the CPU
+        with pytest.raises(RuntimeError, match="no backward on the CPU; use backend='tiled'"):
+            na2d(q.clone().requires_grad_(True), k, v, o["ks"], o["dil"], backend="flex")
+    with pytest.raises(RuntimeError, match="does not return the attention weights"):
+        na2d(q.float(), k.float(), v.float(), o["ks"], o["dil"], return_attn=True,
+             backend="flex")
 
 
 def test_matrix_covers_the_brief():
@@ -306,11 +366,15 @@ NATTEN_CASES = ["k3d8-nondiv-27x30", "k7d4-30x28", "k9d2-18x21"]
 
 
 def _natten_or_skip():
+    """NATTEN, or a skip when it is not installed. Any other import error (a broken build, an
+    ABI mismatch with this torch) fails the test instead of hiding behind a skip."""
     try:
         import natten  # noqa: F401
-    except Exception as e:  # not installed, or a broken build
-        pytest.skip(f"natten is not importable ({type(e).__name__}: {e}); install it with "
-                    "pip install --no-build-isolation natten==0.21.7")
+    except ModuleNotFoundError as e:
+        if e.name != "natten":      # natten is there but one of its own imports is missing
+            raise
+        pytest.skip("natten is not installed (ModuleNotFoundError: No module named 'natten'); "
+                    "install it with pip install --no-build-isolation natten==0.21.7")
     return natten
 
 
@@ -319,11 +383,11 @@ def test_natten_backend_matches_oracle(name):
     _natten_or_skip()
     o = oracle(name)
     assert "rpb" not in o["x"]
-    q, k, v = (o["x"][n].float() for n in "qkv")
+    q, k, v = (o["x"][n].to(DEVICE, torch.float32) for n in "qkv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = na2d(q, k, v, o["ks"], o["dil"], backend="natten")
-    err = max_err(out, o["out"])
+    err = max_err(out.cpu(), o["out"])
     assert err <= 1e-5, f"natten {name}: max abs error {err:.3g}"
 
 

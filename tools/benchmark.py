@@ -56,10 +56,6 @@ QUICK_OP_SHAPES = ["stage1@224 d1", "target 2x2x56x56 d2"]
 # (label, batch, height, width)
 SIZES = {"224": (8, 224, 224), "800x1216": (1, 800, 1216)}
 MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
-# NATTEN 0.17.5's CPU kernels, fwd+bwd at 2x2x56x56x32 k7 d2, as measured by the project on this
-# kind of machine (2 cores, loaded). 0.17.5 takes ~14 min to build and does not import on
-# torch >= 2.13, so it cannot be re-measured in the same run here.
-NATTEN_0175_REFERENCE_S = 4.5
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -145,6 +141,25 @@ def _op_backends(device: torch.device, wanted: Optional[List[str]]) -> List[str]
     return [b for b in order if wanted is None or b in wanted]
 
 
+def op_flops(shape, k: int) -> int:
+    """Forward FLOPs of the op as the FLOP handle counts it (dinat_backbone.flops.na_flop_jit:
+    one multiply-add per query, window position and channel, for q.k and for a.v), at 2 FLOPs
+    per multiply-add, the unit in which matmul rates are quoted."""
+    B, nh, H, W, D = shape
+    return 2 * B * nh * H * W * k * k * (D + D)
+
+
+# The backward of each of the two products is two products of the same size: fwd+bwd = 3x fwd.
+FWDBWD_FLOP_FACTOR = 3
+
+
+def _matmul_fn(device, dtype, n: int = 1024):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    return (lambda: torch.mm(a, b)), 2 * n ** 3
+
+
 def bench_op(args, device, dtype) -> List[dict]:
     from dinat_backbone.ops import na2d
     from dinat_backbone.ops.natten_backend import natten_supports
@@ -153,50 +168,82 @@ def bench_op(args, device, dtype) -> List[dict]:
     if args.op_shapes:
         shapes = [s for s in OP_SHAPES if s[0] in args.op_shapes]
     backends = _op_backends(device, args.backends)
+    threads_list = args.op_threads or [torch.get_num_threads()]
+    saved_threads = torch.get_num_threads()
     results = []
+    mm, mm_flops = _matmul_fn(device, dtype)
     for label, shape, k, d in shapes:
         runs = []
         B, nh, H, W, D = shape
         g = torch.Generator().manual_seed(0)
         q, key, v = (torch.randn(shape, generator=g).to(device, dtype) for _ in range(3))
         rpb = (0.1 * torch.randn(nh, 2 * k - 1, 2 * k - 1, generator=g)).to(device, dtype)
-        for be in backends:
-            row = dict(shape=label, dims="x".join(map(str, shape)), kernel=k, dilation=d,
-                       backend=be, fwd_s=None, fwdbwd_s=None, fwd_mem=None, fwdbwd_mem=None,
-                       note="")
-            if be == "natten":
-                why = natten_supports(q, rpb, False, 0.0)
-                if why:
-                    row["note"] = why
+        for threads in threads_list:
+            mrow = dict(shape=label, dims="x".join(map(str, shape)), kernel=k, dilation=d,
+                        backend="matmul 1024^3", threads=threads, fwd_s=None, fwdbwd_s=None,
+                        fwd_mem=None, fwdbwd_mem=None, note="the matmul-rate limit",
+                        flops=mm_flops, matmul=True)
+            runs.append((mrow, mm, None))
+            results.append(mrow)
+            for be in backends:
+                row = dict(shape=label, dims="x".join(map(str, shape)), kernel=k, dilation=d,
+                           backend=be, threads=threads, fwd_s=None, fwdbwd_s=None, fwd_mem=None,
+                           fwdbwd_mem=None, note="", flops=op_flops(shape, k))
+                use_rpb = rpb
+                if be == "natten":
+                    why = natten_supports(q, rpb, False, 0.0)
+                    if why and natten_supports(q, None, False, 0.0) is None:
+                        # NATTEN >= 0.20 has no RPB: timed without it, as a reference only
+                        use_rpb = None
+                        row["backend"] = "natten (no RPB)"
+                        row["note"] = "reference only: computes attention without the RPB"
+                    elif why:
+                        row["note"] = why
+                        results.append(row)
+                        continue
+                S = H * W
+                if be.startswith("natten") and device.type == "cpu" and \
+                        B * nh * S * S * 4 > args.gather_limit_mb * 2 ** 20:
+                    # NATTEN >= 0.20 on the CPU runs flex_attention's unfused path: full scores
+                    row["note"] = (f"skipped: NATTEN's CPU path holds B*heads*(H*W)^2 scores, "
+                                   f"over --gather-limit-mb {args.gather_limit_mb}")
                     results.append(row)
                     continue
-            if be == "flex" and device.type == "cpu" and not args.flex_cpu:
-                row["note"] = ("flex on CPU: forward only, compiles ~1 min per shape; "
-                               "--flex-cpu to include")
+                if be == "flex" and device.type == "cpu" and not args.flex_cpu:
+                    row["note"] = ("flex on CPU: forward only, compiles ~1 min per shape; "
+                                   "--flex-cpu to include")
+                    results.append(row)
+                    continue
+                if be == "gather" and H * W * B * nh * k * k * D * 4 > \
+                        args.gather_limit_mb * 2 ** 20:
+                    row["note"] = (f"skipped: k*k copies exceed --gather-limit-mb "
+                                   f"{args.gather_limit_mb}")
+                    results.append(row)
+                    continue
+
+                def fwd(be=be, use_rpb=use_rpb):
+                    with torch.no_grad():
+                        na2d(q, key, v, k, d, rpb=use_rpb, backend=be)
+
+                leaves = [t.detach().clone().requires_grad_(True) for t in (q, key, v, rpb)]
+                if use_rpb is None:
+                    leaves[3] = None
+
+                def fwdbwd(be=be, leaves=leaves):
+                    out = na2d(leaves[0], leaves[1], leaves[2], k, d, rpb=leaves[3], backend=be)
+                    out.backward(torch.ones_like(out))
+                    for t in leaves:
+                        if t is not None:
+                            t.grad = None
+
+                trains = not (device.type == "cpu" and (be == "flex" or use_rpb is None))
+                runs.append((row, fwd, fwdbwd if trains else None))
                 results.append(row)
-                continue
-            if be == "gather" and H * W * B * nh * k * k * D * 4 > args.gather_limit_mb * 2 ** 20:
-                row["note"] = f"skipped: k*k copies exceed --gather-limit-mb {args.gather_limit_mb}"
-                results.append(row)
-                continue
-
-            def fwd(be=be):
-                with torch.no_grad():
-                    na2d(q, key, v, k, d, rpb=rpb, backend=be)
-
-            leaves = [t.detach().clone().requires_grad_(True) for t in (q, key, v, rpb)]
-
-            def fwdbwd(be=be, leaves=leaves):
-                out = na2d(leaves[0], leaves[1], leaves[2], k, d, rpb=leaves[3], backend=be)
-                out.backward(torch.ones_like(out))
-                for t in leaves:
-                    t.grad = None
-
-            runs.append((row, fwd, None if (be == "flex" and device.type == "cpu") else fwdbwd))
-            results.append(row)
-        # Interleave the backends repeat by repeat, so that load changes hit all of them alike.
+        # Interleave everything (backends, thread counts, the matmul) repeat by repeat, so that
+        # load changes hit all of them alike.
         live = []
         for row, fwd, fwdbwd in runs:
+            torch.set_num_threads(row["threads"])
             try:
                 for _ in range(args.warmup):
                     fwd()
@@ -207,6 +254,7 @@ def bench_op(args, device, dtype) -> List[dict]:
                 row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         for _ in range(args.repeats):
             for row, fwd, fwdbwd in live:
+                torch.set_num_threads(row["threads"])
                 for name, fn in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
                     if fn is None:
                         continue
@@ -217,38 +265,70 @@ def bench_op(args, device, dtype) -> List[dict]:
                     dt = time.perf_counter() - t0
                     row[name] = dt if row[name] is None else min(row[name], dt)
         for row, fwd, fwdbwd in live:
+            if row.get("matmul"):
+                continue
+            torch.set_num_threads(row["threads"])
             row["fwd_mem"] = peak_memory(fwd, device)
             if fwdbwd:
                 row["fwdbwd_mem"] = peak_memory(fwdbwd, device)
-            else:
+            elif not row["note"]:
                 row["note"] = "no flex backward on CPU"
-            print(f"  op {label} {row['backend']}: fwd {_ms(row['fwd_s'])} ms, fwd+bwd "
-                  f"{_ms(row['fwdbwd_s'])} ms {row['note']}", file=sys.stderr, flush=True)
+            print(f"  op {label} {row['backend']} {row['threads']}T: fwd {_ms(row['fwd_s'])} ms, "
+                  f"fwd+bwd {_ms(row['fwdbwd_s'])} ms {row['note']}", file=sys.stderr, flush=True)
+    torch.set_num_threads(saved_threads)
     return results
 
 
+def _gflops(flops: int, t: Optional[float]) -> Optional[float]:
+    return None if not t else flops / t / 1e9
+
+
 def op_tables(results: List[dict]) -> str:
-    rows = []
-    base = {(r["shape"]): r for r in results if r["backend"] == "gather"}
+    rows, scal = [], []
+    base = {(r["shape"], r["threads"]): r for r in results if r["backend"] == "gather"}
+    limit = {(r["shape"], r["threads"]): r for r in results if r.get("matmul")}
     for r in results:
-        g = base.get(r["shape"])
+        key = (r["shape"], r["threads"])
+        if r.get("matmul"):
+            rate = _gflops(r["flops"], r["fwd_s"])
+            rows.append([r["shape"], r["threads"], "-", r["backend"], _ms(r["fwd_s"]), "-", "-",
+                         "-" if rate is None else f"{rate:.1f}", "-", "1.0x", "-", "-", "-",
+                         r["note"]])
+            continue
+        g = base.get(key)
         speed = "-"
         if g and g["fwdbwd_s"] and r["fwdbwd_s"]:
             speed = f"{g['fwdbwd_s'] / r['fwdbwd_s']:.1f}x"
-        rows.append([r["shape"], r["dims"], f"k{r['kernel']} d{r['dilation']}", r["backend"],
-                     _ms(r["fwd_s"]), _ms(r["fwdbwd_s"]), speed, _mib(r["fwd_mem"]),
-                     _mib(r["fwdbwd_mem"]), r["note"]])
-    text = table(["shape", "B x heads x H x W x D", "kernel", "backend", "fwd ms",
-                  "fwd+bwd ms", "fwd+bwd vs gather", "fwd peak MiB", "fwd+bwd peak MiB",
-                  "note"], rows)
-    tgt = [r for r in results if r["shape"].startswith("target") and r["fwdbwd_s"]]
-    lines = []
-    for r in tgt:
-        lines.append(f"- target shape, {r['backend']}: fwd+bwd {_ms(r['fwdbwd_s'])} ms = "
-                     f"{NATTEN_0175_REFERENCE_S / r['fwdbwd_s']:.0f}x faster than NATTEN 0.17.5's "
-                     f"CPU kernels ({NATTEN_0175_REFERENCE_S} s, the project's reference figure, "
-                     "not re-measured: 0.17.5 does not import on torch >= 2.13)")
-    return text + ("\n\n" + "\n".join(lines) if lines else "")
+        m = limit.get(key)
+        mrate = _gflops(m["flops"], m["fwd_s"]) if m else None
+        f_rate = _gflops(r["flops"], r["fwd_s"])
+        b_rate = _gflops(FWDBWD_FLOP_FACTOR * r["flops"], r["fwdbwd_s"])
+
+        def dist(rate):
+            return "-" if not (rate and mrate) else f"{mrate / rate:.1f}x"
+
+        rows.append([r["shape"], r["threads"], f"k{r['kernel']} d{r['dilation']}", r["backend"],
+                     _ms(r["fwd_s"]), _ms(r["fwdbwd_s"]), speed,
+                     "-" if f_rate is None else f"{f_rate:.1f}",
+                     "-" if b_rate is None else f"{b_rate:.1f}", dist(f_rate), dist(b_rate),
+                     _mib(r["fwd_mem"]), _mib(r["fwdbwd_mem"]), r["note"]])
+        one = next((s for s in results if s["shape"] == r["shape"] and s["threads"] == 1
+                    and s["backend"] == r["backend"]), None)
+        if r["threads"] > 1 and one is not None and one["fwdbwd_s"] and r["fwdbwd_s"]:
+            scal.append([r["shape"], r["backend"], f"{r['threads']} vs 1",
+                         f"{one['fwd_s'] / r['fwd_s']:.2f}x" if one["fwd_s"] and r["fwd_s"]
+                         else "-", f"{one['fwdbwd_s'] / r['fwdbwd_s']:.2f}x"])
+    text = table(["shape", "threads", "kernel", "backend", "fwd ms", "fwd+bwd ms",
+                  "fwd+bwd vs gather", "fwd GFLOP/s", "fwd+bwd GFLOP/s", "fwd: limit / op",
+                  "fwd+bwd: limit / op", "fwd peak MiB", "fwd+bwd peak MiB", "note"], rows)
+    text += ("\n\nGFLOP/s are effective: the op's FLOPs as the FLOP handle counts them (q.k and "
+             "a.v, 2 per multiply-add; fwd+bwd = 3x fwd) over its time. 'limit / op' is how many "
+             "times slower that is than the fp32 1024^3 matmul measured in the same run and "
+             "threads (the matmul-rate limit).")
+    if scal:
+        text += "\n\nThread scaling (time at 1 thread / time at N threads, same run):\n\n"
+        text += table(["shape", "backend", "threads", "fwd speed-up", "fwd+bwd speed-up"], scal)
+    return text
 
 
 # ---------------------------------------------------------------------------------- backbones
@@ -277,6 +357,15 @@ def _outputs_sum(out) -> torch.Tensor:
     return out.float().sum()
 
 
+def _autocast(args, device):
+    """torch.autocast to --autocast's dtype, or a no-op context."""
+    import contextlib
+
+    if not getattr(args, "autocast", None):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, args.autocast))
+
+
 def bench_backbones(args, device, dtype) -> List[dict]:
     sizes = args.sizes or (["224"] if args.quick else list(SIZES))
     models = args.models or (["dinat_tiny", "swin_t"] if args.quick else MODELS)
@@ -299,13 +388,15 @@ def bench_backbones(args, device, dtype) -> List[dict]:
                     model.eval()
 
                     def f(model=model):
-                        with torch.no_grad():
+                        with torch.no_grad(), _autocast(args, device):
                             model(x)
                 else:
                     model.train()
 
                     def f(model=model):
-                        _outputs_sum(model(x)).backward()
+                        with _autocast(args, device):
+                            loss = _outputs_sum(model(x))
+                        loss.backward()
                         for p in model.parameters():
                             p.grad = None
                 fns[m] = f
@@ -343,6 +434,109 @@ def backbone_tables(results: List[dict]) -> str:
                      f"{r['images_per_s']:.2f}", _ms(r["seconds"]), _mib(r["peak_mem"]), thr, mem])
     return table(["input", "mode", "model", "images/s", "ms / batch", "peak MiB",
                   "throughput / Swin-T", "memory / Swin-T"], rows)
+
+
+# ---------------------------------------------------------------------------------- profile
+# Where a training step spends its time: each profiler event's self time is charged to the
+# outermost enclosing event whose name matches one of these (first rule that matches wins).
+PROFILE_CATEGORIES = [
+    # Swin-T's window attention: aten::matmul / bmm / softmax outside any linear layer.
+    ("attention op", ("na2d", "window_attention", "scaled_dot_product", "softmax", "bmm",
+                      "aten::matmul")),
+    ("linear", ("linear", "addmm", "aten::mm", "mmbackward")),
+    ("layernorm", ("layer_norm", "layernorm")),
+    ("GELU", ("gelu",)),
+    ("conv", ("conv",)),
+    ("layout copies", ("copy_", "clone", "contiguous", "permute", "aten::cat", "catbackward",
+                       "roll", "_unsafe_view", "pad", "index", "slice")),
+]
+
+
+def _category(name: str) -> Optional[str]:
+    low = name.lower()
+    for cat, keys in PROFILE_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return None
+
+
+def bench_profile(args, device, dtype) -> List[dict]:
+    """torch.profiler of training steps (forward + backward, batch at 224): self time per
+    category and the top operators, for each model in --profile-models and --profile-threads."""
+    from torch.profiler import ProfilerActivity, profile
+
+    B, H, W = SIZES["224"]
+    if args.batch:
+        B = args.batch
+    x = torch.randn(B, 3, H, W).to(device, dtype)
+    results = []
+    saved_threads = torch.get_num_threads()
+    for threads in args.profile_threads:
+        torch.set_num_threads(threads)
+        for name in args.profile_models:
+            model = build_model(name, "224", device, dtype).train()
+
+            def step():
+                _outputs_sum(model(x)).backward()
+                for p in model.parameters():
+                    p.grad = None
+
+            for _ in range(args.warmup):
+                step()
+            steps = args.profile_steps
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    step()
+            wall = (time.perf_counter() - t0) / steps
+            cats: Dict[str, float] = {}
+            ops: Dict[str, list] = {}
+            for e in prof.events():
+                if e.device_type.name != "CPU":
+                    continue
+                cat, node = None, e
+                while node is not None:          # outermost matching ancestor decides
+                    c = _category(node.name)
+                    if c is not None:
+                        cat = c
+                    node = node.cpu_parent
+                cat = cat or "other"
+                self_us = e.self_cpu_time_total
+                cats[cat] = cats.get(cat, 0.0) + self_us
+                o = ops.setdefault((e.name, cat), [0.0, cat])
+                o[0] += self_us
+            total = sum(cats.values())
+            results.append(dict(model=name, threads=threads, batch=B, steps=steps,
+                                step_s=wall, total_self_s=total / 1e6 / steps,
+                                categories={c: v / 1e6 / steps for c, v in cats.items()},
+                                top_ops=sorted(([n, v / 1e6 / steps, c] for (n, _), (v, c) in
+                                                ops.items()), key=lambda r: -r[1])[:args.profile_top]))
+            print(f"  profile {name} {threads} thread(s): {wall:.2f} s/step (profiled)",
+                  file=sys.stderr, flush=True)
+            del model
+    torch.set_num_threads(saved_threads)
+    return results
+
+
+def profile_tables(results: List[dict]) -> str:
+    cats = [c for c, _ in PROFILE_CATEGORIES] + ["other"]
+    heads = ["category"] + [f"{r['model']} {r['threads']}T ms (%)" for r in results]
+    rows = []
+    for c in cats:
+        row = [c]
+        for r in results:
+            v = r["categories"].get(c, 0.0)
+            row.append(f"{1e3 * v:,.0f} ({100 * v / r['total_self_s']:.0f}%)")
+        rows.append(row)
+    rows.append(["total self time / step"] + [f"{1e3 * r['total_self_s']:,.0f}" for r in results])
+    rows.append(["wall time / step (profiled)"] + [f"{1e3 * r['step_s']:,.0f}" for r in results])
+    out = [table(heads, rows)]
+    for r in results:
+        out.append(f"\nTop operators by self time, {r['model']}, {r['threads']} thread(s), "
+                   f"batch {r['batch']} at 224 (ms per step):\n")
+        out.append(table(["operator", "ms", "category"],
+                         [[n, f"{1e3 * v:,.1f}", c] for n, v, c in r["top_ops"]]))
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------- checkpointing
@@ -386,16 +580,21 @@ def main(argv=None) -> Dict[str, list]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", nargs="+", default=["op", "backbone", "ckpt"],
-                   choices=["op", "backbone", "ckpt"])
+                   choices=["op", "backbone", "ckpt", "profile"])
     p.add_argument("--quick", action="store_true", help="small subset, fewer repeats")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"],
+                   help="backbone section: run the models under torch.autocast to this dtype "
+                        "(weights stay --dtype)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--backends", nargs="+", default=None, help="NA backends for the op section")
     p.add_argument("--op-shapes", nargs="+", default=None,
                    help="labels from: " + ", ".join(repr(s[0]) for s in OP_SHAPES))
+    p.add_argument("--op-threads", nargs="+", type=int, default=None,
+                   help="thread counts for the op section, interleaved in one run (e.g. 1 2)")
     p.add_argument("--flex-cpu", action="store_true", help="time flex forward on the CPU")
     p.add_argument("--gather-limit-mb", type=int, default=4096)
     p.add_argument("--models", nargs="+", default=None, choices=MODELS)
@@ -403,6 +602,11 @@ def main(argv=None) -> Dict[str, list]:
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
     p.add_argument("--ckpt-size", type=int, default=1024)
     p.add_argument("--ckpt-variant", default="tiny")
+    p.add_argument("--profile-models", nargs="+", default=["dinat_tiny", "swin_t"],
+                   choices=MODELS, help="models for the profile section")
+    p.add_argument("--profile-threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--profile-steps", type=int, default=2)
+    p.add_argument("--profile-top", type=int, default=12)
     p.add_argument("--json", default=None, help="also write raw numbers to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -414,7 +618,8 @@ def main(argv=None) -> Dict[str, list]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     out: Dict[str, list] = {}
-    print(f"Machine: {machine_description(device)}; dtype {args.dtype}\n")
+    amp = f", autocast {args.autocast}" if args.autocast else ""
+    print(f"Machine: {machine_description(device)}; dtype {args.dtype}{amp}\n")
     if "op" in args.sections:
         out["op"] = bench_op(args, device, dtype)
         print("### Neighborhood attention op\n")
@@ -423,6 +628,10 @@ def main(argv=None) -> Dict[str, list]:
         out["backbone"] = bench_backbones(args, device, dtype)
         print("### Backbones (ratios against Swin-T measured in the same run)\n")
         print(backbone_tables(out["backbone"]) + "\n")
+    if "profile" in args.sections:
+        out["profile"] = bench_profile(args, device, dtype)
+        print("### Where a training step spends its time (torch.profiler, self time)\n")
+        print(profile_tables(out["profile"]) + "\n")
     if "ckpt" in args.sections:
         out["ckpt"] = bench_ckpt(args, device, dtype)
         print("### Gradient checkpointing (training, peak memory)\n")

@@ -50,7 +50,8 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> list:
     """The backends that can run on ``device`` in this environment."""
     dev = torch.device(device)
     out = ["tiled", "gather"]
-    if natten_info() is not None:
+    info = natten_info()
+    if info is not None and "error" not in info:
         out.append("natten")
     try:
         from .flex_backend import flex_available

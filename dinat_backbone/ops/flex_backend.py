@@ -14,9 +14,11 @@ Status (read before relying on it):
   [B, heads, H*W, H*W] score matrix (small maps only), and once under ``torch.compile``.
   PyTorch has no flex_attention backward on the CPU, so :func:`flex_supports` declines CPU
   calls that need gradients.
-* CUDA (forward and backward, fp16 / bf16 / fp32): written for it, **not run here** (no GPU
-  was available to this project when it was written); treat it as unverified until
-  tests/test_ops.py passes on a GPU with ``backend="flex"``.
+* CUDA (forward and backward, fp16 / bf16 / fp32; head dims zero-padded to a power of two
+  >= 16): written for it, **not run here** (no GPU was available to this project when it was
+  written); treat it as unverified until ``python tools/gpu_check.py`` (which runs the oracle
+  matrix of tests/test_ops.py on CUDA with ``backend="flex"``, backward included) passes on a
+  GPU. ``backend="auto"`` does not pick it until then.
 """
 from __future__ import annotations
 
@@ -72,10 +74,18 @@ def flex_supports(query, rpb, return_attn, dropout_p) -> Optional[str]:
     else:
         if query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             return f"flex_attention on CUDA supports fp16/bf16/fp32, not {query.dtype}"
-        D = query.shape[-1]
-        if D < 16 or D & (D - 1):
-            return f"flex_attention on CUDA wants a power-of-two head dim >= 16, got {D}"
+        # other head dims are zero-padded to a power of two >= 16 (see _pad_head_dim)
     return None
+
+
+def _pad_head_dim(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the last dim to a power of two >= 16 (what flex_attention's GPU kernels take).
+
+    Exact: zero channels add nothing to q.k, and zero value channels are cut off the output.
+    """
+    D = x.shape[-1]
+    want = max(16, 1 << (D - 1).bit_length())
+    return x if want == D else torch.nn.functional.pad(x, (0, want - D))
 
 
 def _axis_tables(L: int, k: int, d: int):
@@ -179,6 +189,8 @@ def na2d_flex(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
     q = query.reshape(B, nh, S, D)[:, :, perm]
     k = key.reshape(B, nh, S, D)[:, :, perm]
     v = value.reshape(B, nh, S, Dv)[:, :, perm]
+    if query.device.type == "cuda":
+        q, k, v = _pad_head_dim(q), _pad_head_dim(k), _pad_head_dim(v)
     eager = (query.device.type == "cpu" and S <= CPU_EAGER_MAX_TOKENS) \
         or torch.compiler.is_compiling()
     fn = fa.flex_attention if eager else _compiled_flex()
@@ -190,5 +202,5 @@ def na2d_flex(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
             out = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
     else:
         out = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-    out = out[:, :, lay["inv"]].reshape(B, nh, H, W, Dv)
+    out = out[..., :Dv][:, :, lay["inv"]].reshape(B, nh, H, W, Dv)
     return out, None

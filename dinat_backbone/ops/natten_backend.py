@@ -15,11 +15,16 @@ import torch
 
 @functools.lru_cache(maxsize=1)
 def natten_info() -> Optional[dict]:
-    """{'version': (major, minor, patch), 'legacy': bool} or None when NATTEN is not importable."""
+    """{'version': (major, minor, patch), 'legacy': bool}; None when NATTEN is not installed;
+    {'error': message} when it is installed but fails to import (a broken build)."""
     try:
         import natten  # noqa: F401
-    except Exception:  # ImportError, or a broken build raising at import
-        return None
+    except ModuleNotFoundError as e:
+        if e.name == "natten":
+            return None
+        return {"error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # a broken build raising at import: say so instead of hiding it
+        return {"error": f"{type(e).__name__}: {e}"}
     ver = getattr(natten, "__version__", "0.0.0")
     parts = []
     for p in str(ver).split("+")[0].split(".")[:3]:
@@ -35,6 +40,9 @@ def natten_supports(query, rpb, return_attn, dropout_p) -> Optional[str]:
     info = natten_info()
     if info is None:
         return "NATTEN is not installed (pip install --no-build-isolation natten)"
+    if "error" in info:
+        return (f"NATTEN is installed but fails to import ({info['error']}); reinstall it for "
+                f"this torch (pip install --no-build-isolation --force-reinstall natten)")
     if query.dtype not in (torch.float32, torch.float16, torch.bfloat16) and not info["legacy"]:
         return f"NATTEN >= 0.20 does not support {query.dtype}"
     if not info["legacy"]:

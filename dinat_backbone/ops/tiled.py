@@ -11,15 +11,20 @@ key about (T + k - 1) / T times per axis.
 Two implementations share these semantics:
 
 * the fast path (``na2d_tiled`` without attention weights or attention dropout) is a custom op
-  (``torch.ops.dinat_backbone.na2d_tiled_fwd`` / ``_bwd``) with a hand-written backward. Tiles
-  are grouped by their *pattern* (which queries sit where relative to their region: first,
-  interior, last tiles per axis), so the bias/mask is a small per-call table
-  [heads, patterns, T*T, R*R] added in place by broadcasting, never a map-sized tensor. Tiles
-  are processed in cache-sized chunks, and the backward recomputes each chunk's probabilities
-  (flash-attention style) instead of saving them, so neither pass keeps a map-sized logit
-  tensor: peak extra memory is the region copies of k and v plus one chunk. As a custom op it is
-  one opaque node for ``torch.compile`` (no graph breaks) and computes the same numbers in eager
-  and compiled code.
+  (``torch.ops.dinat_backbone.na2d_tiled_fwd`` / ``_bwd``) with a hand-written backward. Each
+  axis is tiled on its own (``_fast_plan`` picks, per shape, the cheapest of: one tile per
+  sub-grid, two tiles with regions clamped to the sub-grid, or regular tiles of T queries whose
+  regions of T + k - 1 keys start every T positions of a sub-grid padded by k // 2). Tiles and
+  regions are then *strided views* of a residue-class layout of the map, which is the map itself
+  (a permuted view, no copy) whenever H and W are multiples of the dilation and no front padding
+  is needed; gathering a chunk of regions is one strided copy and adding region gradients back is
+  a few strided adds (no index gathers or scatter-adds). The RPB depends only on the key's
+  offset from the query, so it is one [heads, T*T, R*R] table for all tiles of a kind; the window
+  masks are per-axis tables, so the whole additive bias is a sum of broadcast tables. Tiles are
+  processed in cache-sized chunks, and the backward recomputes each chunk's probabilities
+  (flash-attention style, with softmax's fused backward) instead of saving them, so neither pass
+  keeps a map-sized logit tensor. As a custom op it is one opaque node for ``torch.compile`` (no
+  graph breaks) and computes the same numbers in eager and compiled code.
 * the composed path (autograd through plain tensor ops) serves ``return_attn=True`` and
   attention dropout, which need the full attention weights anyway.
 
@@ -29,7 +34,7 @@ cached.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -165,329 +170,473 @@ def _na2d_tiled_composed(query, key, value, kernel_size, dilation, rpb, scale, r
 
 
 # ------------------------------------------------------------------------------ fast path
-# Elements of the logit tensor processed per chunk (float32: 1 MiB; measured best of 2^16..2^20).
+# Logits (query x region key) per chunk; float32: 1 MiB, stays in a core's L2 cache.
 CHUNK_ELEMS = 1 << 18
+# Bias tables (RPB + window masks of every tile) up to this many elements are built whole, so
+# that each chunk gets one broadcast add; larger maps add the row and column parts separately.
+FULL_TABLE_ELEMS = 1 << 21
+
+
+class _AxisPlan(NamedTuple):
+    """Tiling of one axis (length L, kernel k, dilation d) on its residue-class sub-grids.
+
+    Every residue class is a sub-grid of at most G positions, stored at padded positions
+    P .. P+G-1 of a zero-padded line of ``alloc`` positions. Tile t holds the T queries
+    t*T .. t*T+T-1 (sub-grid index) and reads the R keys at padded positions t*S .. t*S+R-1
+    (its *region*): tiles and regions are both regular strided views of the padded line, so
+    gathering them and adding region gradients back are strided copies and adds, not index
+    scatters. Queries past the end of a sub-grid (j >= its length) are padding.
+    """
+    kind: str
+    G: int
+    T: int
+    nT: int
+    P: int
+    S: int
+    R: int
+    alloc: int
+    parts: int                 # the region splits into this many stride-S parts (overlap-add)
+    variants: tuple            # ((t0, t1, c), ...): tiles t0..t1-1 have RPB index x - u + c
+    mask: torch.Tensor         # [d, nT, T, R] bool: region key x in the window of query u
+
+
+def _window_starts(L: int, k: int, d: int):
+    """Per residue class r: (its length lr, window start of each group index j < lr)."""
+    out = []
+    for r in range(d):
+        lr = _cdiv(L - r, d)
+        out.append((lr, [min(max(j - k // 2, 0), lr - k) for j in range(lr)]))
+    return out
+
+
+def _axis_candidate(L: int, k: int, d: int, kind: str, T: int = 0) -> Optional[_AxisPlan]:
+    G = _cdiv(L, d)
+    wins = _window_starts(L, k, d)
+    if kind == "single":
+        T, nT, P, R, S = G, 1, 0, G, G
+    elif kind == "two":                       # two tiles, regions clamped to the sub-grid
+        T, nT, P = _cdiv(G, 2), 2, 0
+        if T >= G:
+            return None
+        end0 = max(s[min(T, lr) - 1] + k for lr, s in wins)
+        start1 = min((s[T] for lr, s in wins if lr > T), default=G - k)
+        R = max(end0, G - start1)
+        S = G - R
+        if R >= G or S <= 0:
+            return None
+    else:                                     # regular: S = T, the line padded by k // 2
+        nT, P, S, R = _cdiv(G, T), k // 2, T, T + k - 1
+        if nT < 2 or T < 1:
+            return None
+    mask = torch.zeros(d, nT, T, R, dtype=torch.bool)
+    for r, (lr, s) in enumerate(wins):
+        for t in range(nT):
+            for u in range(T):
+                j = t * T + u
+                if j >= lr:                   # padding query: any finite row will do
+                    mask[r, t, u] = True
+                    continue
+                lo = s[j] + P - t * S         # window in region coordinates
+                if lo < 0 or lo + k > R:
+                    return None               # this tiling cannot hold the window
+                mask[r, t, u, lo:lo + k] = True
+    parts = 1 if nT == 1 else _cdiv(R, S)
+    alloc = max(P + nT * T, (nT - 1) * S + R, (nT - 1 + parts) * S if nT > 1 else 0, P + G)
+    cs = [t * (S - T) - P + k - 1 for t in range(nT)]
+    variants, t0 = [], 0
+    for t in range(1, nT + 1):
+        if t == nT or cs[t] != cs[t0]:
+            variants.append((t0, t, cs[t0]))
+            t0 = t
+    return _AxisPlan(kind, G, T, nT, P, S, R, alloc, parts, tuple(variants), mask)
+
+
+def _axis_candidates(L: int, k: int, d: int, tile: int = 0) -> List[_AxisPlan]:
+    """Valid tilings of an axis; with ``tile`` > 0, only the one nearest that many queries per
+    tile (the smallest valid regular tiling with at least ``tile``, else two tiles, else one)."""
+    G = _cdiv(L, d)
+    if tile > 0:
+        for T in range(tile, G):
+            c = _axis_candidate(L, k, d, "regular", T)
+            if c is not None:
+                return [c]
+        c = _axis_candidate(L, k, d, "two") if tile < G else None
+        return [c if c is not None else _axis_candidate(L, k, d, "single")]
+    cands = [_axis_candidate(L, k, d, "single"), _axis_candidate(L, k, d, "two")]
+    cands += [_axis_candidate(L, k, d, "regular", T) for T in range(max(2, k // 2 + 1), 2 * k + 1)
+              if T < G]
+    return [c for c in cands if c is not None]
+
+
+def _cost(ph: _AxisPlan, pw: _AxisPlan, dh: int, dw: int) -> float:
+    """Relative time of one (batch, head) slice: logits computed, with small matmuls and
+    small rows made dearer (fitted to batched-matmul timings on a 2-core AVX-512 CPU)."""
+    tiles = dh * ph.nT * dw * pw.nT
+    T2, R2 = ph.T * pw.T, ph.R * pw.R
+    return tiles * T2 * R2 * (1.0 + 10.0 / T2 + 16.0 / R2) + 400.0 * tiles
+
+
+@functools.lru_cache(maxsize=128)
+def _fast_plan(H: int, W: int, kh: int, kw: int, dh: int, dw: int, th: int = 0, tw: int = 0):
+    """The cheapest pair of axis tilings (or the one near the asked tile sizes th / tw)."""
+    best = None
+    for ph in _axis_candidates(H, kh, dh, th):
+        for pw in _axis_candidates(W, kw, dw, tw):
+            c = _cost(ph, pw, dh, dw)
+            if best is None or c < best[0]:
+                best = (c, ph, pw)
+    return best[1], best[2]
 
 
 def fast_tile(L: int, k: int, d: int) -> int:
-    """Queries per tile on an axis for the fast path (measured on CPU; see tools/benchmark.py).
-
-    Larger tiles waste more logits ((T + k - 1)^2 per query instead of k^2), smaller ones copy
-    the keys and values more often ((T + k - 1)^2 / T^2 times) and run more, smaller matmuls;
-    about 6 queries per axis was best for k = 7 (4-6 within noise), and a sub-grid barely
-    larger than the kernel is one tile.
-    """
-    G = _cdiv(L, d)
-    if G <= k + 3:          # one tile covers the whole sub-grid
-        return G
-    t0 = max(4, min(6, k - 1))
-    nT = _cdiv(G, t0)
-    return _cdiv(G, nT)
-
-
-def _axis_tiles(L: int, k: int, d: int, T: int):
-    """Tiles of one axis: (R, tiles, patterns).
-
-    tiles: list of (pattern id, query positions [T], valid [T], region positions [R]);
-    patterns: list of (window offsets in the region [T], query offsets in the region [T]).
-    Padding queries (past the end of a short sub-grid) repeat the last query of their sub-grid
-    and are flagged invalid; region keys past the end repeat the last key and are masked.
-    """
-    G = _cdiv(L, d)
-    R = min(T + k - 1, G)
-    tiles, patterns = [], {}
-    for r in range(d):
-        lr = _cdiv(L - r, d)
-        for t in range(_cdiv(lr, T)):
-            r0 = max(0, min(t * T - k // 2, lr - R))
-            js = [t * T + u for u in range(T)]
-            jc = [min(j, lr - 1) for j in js]
-            s = [min(max(j - k // 2, 0), lr - k) for j in jc]
-            sig = (tuple(x - r0 for x in s), tuple(j - r0 for j in jc))
-            pid = patterns.setdefault(sig, len(patterns))
-            tiles.append((pid, [r + d * j for j in jc], [j < lr for j in js],
-                          [r + d * min(r0 + x, lr - 1) for x in range(R)]))
-    return R, tiles, list(patterns)
-
-
-def _axis_pattern_tables(patterns, k: int, R: int):
-    """inside [P, T, R] (bool) and bias index [P, T, R] (0 .. 2k-2) of every axis pattern."""
-    win = torch.tensor([p[0] for p in patterns])[:, :, None]      # [P, T, 1]
-    rel = torch.tensor([p[1] for p in patterns])[:, :, None]
-    x = torch.arange(R)[None, None, :]
-    inside = (x >= win) & (x < win + k)
-    pb = (x - rel + (k - 1)).clamp(0, 2 * k - 2)
-    return inside, pb
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(H: int, W: int, kh: int, kw: int, dh: int, dw: int, Th: int, Tw: int):
-    Rh, tiles_h, pats_h = _axis_tiles(H, kh, dh, Th)
-    Rw, tiles_w, pats_w = _axis_tiles(W, kw, dw, Tw)
-    pairs = sorted(((a[0], b[0], i, j) for i, a in enumerate(tiles_h)
-                    for j, b in enumerate(tiles_w)))
-    ih = torch.tensor([p[2] for p in pairs])
-    iw = torch.tensor([p[3] for p in pairs])
-    qh = torch.tensor([t[1] for t in tiles_h])[ih]                 # [Nt, Th]
-    qw = torch.tensor([t[1] for t in tiles_w])[iw]                 # [Nt, Tw]
-    vh = torch.tensor([t[2] for t in tiles_h])[ih]
-    vw = torch.tensor([t[2] for t in tiles_w])[iw]
-    rh = torch.tensor([t[3] for t in tiles_h])[ih]                 # [Nt, Rh]
-    rw = torch.tensor([t[3] for t in tiles_w])[iw]
-    Nt = len(pairs)
-    qpos = (qh[:, :, None] * W + qw[:, None, :]).reshape(Nt, Th * Tw)
-    valid = (vh[:, :, None] & vw[:, None, :]).reshape(Nt, Th * Tw)
-    rpos = (rh[:, :, None] * W + rw[:, None, :]).reshape(Nt, Rh * Rw)
-    # Groups of consecutive tiles sharing a 2D pattern.
-    groups: List[Tuple[int, int, int]] = []
-    gpat: List[Tuple[int, int]] = []
-    for n, p in enumerate(pairs):
-        if not gpat or gpat[-1] != (p[0], p[1]):
-            gpat.append((p[0], p[1]))
-            groups.append([n, n + 1, len(gpat) - 1])
-        else:
-            groups[-1][1] = n + 1
-    in_h, pb_h = _axis_pattern_tables(pats_h, kh, Rh)
-    in_w, pb_w = _axis_pattern_tables(pats_w, kw, Rw)
-    gh = torch.tensor([g[0] for g in gpat])
-    gw = torch.tensor([g[1] for g in gpat])
-    inside = in_h[gh][:, :, None, :, None] & in_w[gw][:, None, :, None, :]   # [G,Th,Tw,Rh,Rw]
-    cidx = pb_h[gh][:, :, None, :, None] * (2 * kw - 1) + pb_w[gw][:, None, :, None, :]
-    n_bias = (2 * kh - 1) * (2 * kw - 1)
-    cidx = torch.where(inside, cidx, torch.full_like(cidx, n_bias))
-    cidx = cidx.reshape(len(gpat), Th * Tw, Rh * Rw)
-    # Each real query is exactly one valid tile query.
-    inv = torch.empty(H * W, dtype=torch.long)
-    flat = torch.arange(Nt * Th * Tw).reshape(Nt, Th * Tw)
-    inv[qpos[valid]] = flat[valid]
-    return dict(Nt=Nt, T2=Th * Tw, R2=Rh * Rw, qpos=qpos, valid=valid, rpos=rpos,
-                groups=[tuple(g) for g in groups], cidx=cidx, n_bias=n_bias, inv=inv,
-                HW=H * W, W=W)
-
-
-_index_cache: Dict[tuple, torch.Tensor] = {}
-
-
-def _row_base(x: torch.Tensor):
-    """x [B, heads, H, W, D] as rows of D: (a [M, D] view of its storage, row strides [4]).
-
-    No copy when the last dim is contiguous and the other strides are multiples of D (q, k and
-    v as views of the qkv projection, or permuted channels-last maps, are).
-    """
-    D = x.shape[-1]
-    st = x.stride()
-    if D == 0 or st[-1] != 1 or any(s % D for s in st[:-1]):
-        x = x.contiguous()
-        st = x.stride()
-    rs = tuple(s // D for s in st[:-1])
-    M = 1 + sum((n - 1) * r for n, r in zip(x.shape[:-1], rs))
-    return x.as_strided((M, D), (D, 1)), rs
-
-
-def _canonical_strides(B: int, nh: int, H: int, W: int) -> tuple:
-    """Row strides of the layout [B, H, W, heads] (how outputs and gradients are written)."""
-    return (H * W * nh, 1, W * nh, nh)
-
-
-def _index(plan_key: tuple, plan: dict, B: int, nh: int, rs: tuple, kind: str,
-           device: torch.device) -> torch.Tensor:
-    """Rows (for row strides ``rs``) of the tile layout [Nt, B*heads, T*T or R*R].
-
-    kind "q": tile queries; "r": tile regions; "qdst": tile queries, with padding queries sent
-    to a spare row (index M, one past the last row) so that they can be written and dropped.
-    """
-    key = (plan_key, B, nh, rs, kind, str(device))
-    hit = _index_cache.get(key)
-    if hit is not None:
-        return hit
-    W = plan["W"]
-    b = torch.arange(B)[:, None]
-    h = torch.arange(nh)[None, :]
-    pos = plan["rpos"] if kind == "r" else plan["qpos"]      # [Nt, X]
-    sB, sh, sH, sW = rs
-    off = (b * sB + h * sh).reshape(1, B * nh, 1)
-    idx = off + ((pos // W) * sH + (pos % W) * sW)[:, None, :]
-    if kind == "qdst":
-        spare = B * nh * plan["HW"]
-        idx = torch.where(plan["valid"][:, None, :], idx, torch.full_like(idx, spare))
-    hit = idx.reshape(-1).to(device)
-    if len(_index_cache) > 256:
-        _index_cache.clear()
-    _index_cache[key] = hit
-    return hit
-
-
-_misc_cache: Dict[tuple, dict] = {}
-
-
-def _misc(plan_key: tuple, plan: dict, device: torch.device) -> dict:
-    key = (plan_key, str(device))
-    hit = _misc_cache.get(key)
-    if hit is None:
-        hit = dict(valid=plan["valid"].reshape(plan["Nt"], 1, plan["T2"], 1).to(device),
-                   cidx=plan["cidx"].to(device), all_valid=bool(plan["valid"].all()))
-        if len(_misc_cache) > 64:
-            _misc_cache.clear()
-        _misc_cache[key] = hit
-    return hit
-
-
-class _Ctx:
-    """Shape bookkeeping of one call: the plan, gathers of tile chunks, scatters back."""
-
-    def __init__(self, q, kh, kw, dh, dw, th, tw):
-        self.B, self.nh, self.H, self.W, self.D = q.shape
-        self.key = (self.H, self.W, kh, kw, dh, dw, th, tw)
-        self.plan = _plan(*self.key)
-        self.misc = _misc(self.key, self.plan, q.device)
-        self.device = q.device
-        self.Nt, self.T2, self.R2 = self.plan["Nt"], self.plan["T2"], self.plan["R2"]
-        self.BH = self.B * self.nh
-        self.rows = self.BH * self.H * self.W
-        self.canon = _canonical_strides(self.B, self.nh, self.H, self.W)
-
-    def index(self, rs, kind):
-        return _index(self.key, self.plan, self.B, self.nh, rs, kind, self.device)
-
-    def source(self, x: torch.Tensor, kind: str):
-        """(rows of x, their index for the tile layout): gather a chunk with ``take``."""
-        base, rs = _row_base(x)
-        return base, self.index(rs, kind), (self.T2 if kind == "q" else self.R2)
-
-    def take(self, src, a: int, b: int) -> torch.Tensor:
-        base, idx, n = src
-        m = self.BH * n
-        return base.index_select(0, idx[a * m:b * m]).view(b - a, self.BH, n, base.shape[-1])
-
-    def canonical(self, C: int, dtype, spare: bool = False) -> torch.Tensor:
-        """A zeroed buffer of rows in the layout [B, H, W, heads] (+ one spare row)."""
-        return torch.zeros(self.rows + int(spare), C, dtype=dtype, device=self.device)
-
-    def view(self, buf: torch.Tensor) -> torch.Tensor:
-        """Canonical rows -> [B, heads, H, W, C] (a permuted view)."""
-        C = buf.shape[-1]
-        return buf[:self.rows].view(self.B, self.H, self.W, self.nh, C).permute(0, 3, 1, 2, 4)
+    """Queries per tile that the fast path picks on an axis of a square map (for reports)."""
+    return _fast_plan(L, L, k, k, d, d)[0].T
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _bias_table(rpb: Optional[torch.Tensor], cidx: torch.Tensor, n_bias: int, nh: int,
-                cdt: torch.dtype) -> torch.Tensor:
-    """[heads or 1, groups, T*T, R*R]: the RPB inside each window, -inf outside."""
-    if rpb is None:
-        ext = torch.zeros(1, n_bias + 1, dtype=cdt, device=cidx.device)
-    else:
-        ext = torch.cat([rpb.detach().reshape(nh, n_bias).to(cdt),
-                         torch.zeros(nh, 1, dtype=cdt, device=cidx.device)], 1)
-    ext[:, n_bias] = float("-inf")
-    return ext[:, cidx]
+_table_cache: Dict[tuple, torch.Tensor] = {}
 
 
-def _chunks(groups, per_tile: int):
-    n = max(1, CHUNK_ELEMS // max(1, per_tile))
-    for a, b, g in groups:
-        for s in range(a, b, n):
-            yield s, min(b, s + n), g
+def _cached(key, make):
+    hit = _table_cache.get(key)
+    if hit is None:
+        if len(_table_cache) > 256:
+            _table_cache.clear()
+        hit = _table_cache[key] = make()
+    return hit
 
 
-def _probs(qc, kc, tab, nh, T2, R2, cdt):
-    """Attention probabilities [n*B*nh, T2, R2] of a chunk of tiles.
+class _Fast:
+    """One call's geometry: residue layouts, tile / region views, bias tables.
 
-    torch.softmax, not exp(logits - lse): the vectorised exp of torch's CPU kernels is about 20x
-    slower on -inf inputs (the masked entries) than softmax's, so the backward recomputes the
-    probabilities with the same softmax call instead of saving a log-sum-exp.
+    A *layout* of a map [B, nh, H, W, C] is a 7-D tensor [B, nh, dh, A_h, dw, A_w, C] (residue
+    class, position on the class's sub-grid) plus per-axis offsets (where sub-grid index 0 sits).
+    When H = dh * G_h and W = dw * G_w it is a permuted *view* of the map itself (offset 0, no
+    copy); otherwise, or when the key regions need the front padding of a regular tiling, it is
+    a zero-padded copy.
     """
-    D = qc.shape[-1]
-    logits = torch.bmm(qc.reshape(-1, T2, D), kc.reshape(-1, R2, D).transpose(1, 2))
-    if logits.dtype != cdt:
-        logits = logits.to(cdt)
-    logits.view(-1, nh, T2, R2).add_(tab)
-    return torch.softmax(logits, -1)
+
+    def __init__(self, q, kh, kw, dh, dw, th, tw):
+        self.B, self.nh, self.H, self.W, self.D = q.shape
+        self.k, self.d = (kh, kw), (dh, dw)
+        self.key = (self.H, self.W, kh, kw, dh, dw, th, tw)
+        self.ph, self.pw = _fast_plan(*self.key)
+        self.device = q.device
+        ph, pw = self.ph, self.pw
+        self.divisible = self.H == dh * ph.G and self.W == dw * pw.G
+        # queries: no front padding; tiles must end inside the layout
+        self.q_direct = self.divisible and ph.nT * ph.T == ph.G and pw.nT * pw.T == pw.G
+        self.q_alloc = (max(ph.G, ph.nT * ph.T), max(pw.G, pw.nT * pw.T))
+        # keys: regions inside [0, G) with no front padding (single or two tiles)
+        self.k_direct = self.divisible and ph.P == 0 and pw.P == 0 and \
+            (ph.nT - 1) * ph.S + ph.R <= ph.G and (pw.nT - 1) * pw.S + pw.R <= pw.G
+        self.single = ph.nT == 1 and pw.nT == 1
+
+    # ---------------------------------------------------------------- layouts
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, nh, H, W, C] -> the residue view [B, nh, dh, G_h, dw, G_w, C] (pads if needed)."""
+        (dh, dw), ph, pw = self.d, self.ph, self.pw
+        Hg, Wg = dh * ph.G, dw * pw.G
+        if (Hg, Wg) != (x.shape[2], x.shape[3]):
+            x = F.pad(x, (0, 0, 0, Wg - x.shape[3], 0, Hg - x.shape[2]))
+        return x.unflatten(2, (ph.G, dh)).unflatten(4, (pw.G, dw)).permute(0, 1, 3, 2, 5, 4, 6)
+
+    def _padded(self, x: Optional[torch.Tensor], A: Tuple[int, int], P: Tuple[int, int],
+                C: int = 0, dtype=None, zero: bool = True) -> torch.Tensor:
+        """A zero-margined layout of x (or an empty / zero buffer when x is None)."""
+        (dh, dw), G = self.d, (self.ph.G, self.pw.G)
+        ref = x if x is not None else None
+        C = C or x.shape[-1]
+        dtype = dtype or x.dtype
+        if x is None:
+            alloc = torch.zeros if zero else torch.empty
+            return alloc(self.B, self.nh, dh, A[0], dw, A[1], C, dtype=dtype, device=self.device)
+        xp = ref.new_empty(self.B, self.nh, dh, A[0], dw, A[1], C, dtype=dtype)
+        # zero only the margins around [P, P + G) on each axis, then copy the interior
+        if P[0]:
+            xp[:, :, :, :P[0]].zero_()
+        if A[0] > P[0] + G[0]:
+            xp[:, :, :, P[0] + G[0]:].zero_()
+        inner = xp[:, :, :, P[0]:P[0] + G[0]]
+        if P[1]:
+            inner[:, :, :, :, :, :P[1]].zero_()
+        if A[1] > P[1] + G[1]:
+            inner[:, :, :, :, :, P[1] + G[1]:].zero_()
+        inner[:, :, :, :, :, P[1]:P[1] + G[1]].copy_(self._grid(x))
+        return xp
+
+    def q_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Query-side layout (q, dout, di): offset 0, at least nT * T positions per axis."""
+        if self.q_direct:
+            return self._grid(x)
+        return self._padded(x, self.q_alloc, (0, 0))
+
+    def k_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Key-side layout (k, v): offset P, ``alloc`` positions per axis."""
+        if self.k_direct:
+            return self._grid(x)
+        return self._padded(x, (self.ph.alloc, self.pw.alloc), (self.ph.P, self.pw.P))
+
+    def q_out(self, C: int, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(layout to write query-side results into, the canonical tensor if it is that)."""
+        if self.q_direct:
+            full = torch.empty(self.B, self.H, self.W, self.nh, C, dtype=dtype,
+                               device=self.device)
+            return self._grid(full.permute(0, 3, 1, 2, 4)), full
+        return self._padded(None, self.q_alloc, (0, 0), C, dtype, zero=False), None
+
+    def k_grad(self, C: int, dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(layout that key-side gradients accumulate into, the canonical tensor if it is that)."""
+        if self.single and self.divisible:       # no overlap: regions are written once
+            full = torch.empty(self.B, self.H, self.W, self.nh, C, dtype=dtype,
+                               device=self.device)
+            return self._grid(full.permute(0, 3, 1, 2, 4)), full
+        return self._padded(None, (self.ph.alloc, self.pw.alloc), (0, 0), C, dtype), None
+
+    def canonical(self, xp: torch.Tensor, P: Tuple[int, int], full=None) -> torch.Tensor:
+        """Layout -> [B, nh, H, W, C], a permuted view of a contiguous [B, H, W, nh, C]."""
+        if full is None:
+            B, nh, H, W = self.B, self.nh, self.H, self.W
+            C = xp.shape[-1]
+            (dh, dw), ph, pw = self.d, self.ph, self.pw
+            Hg, Wg = dh * ph.G, dw * pw.G
+            src = xp[:, :, :, P[0]:P[0] + ph.G, :, P[1]:P[1] + pw.G]
+            full = xp.new_empty(B, Hg, Wg, nh, C)
+            full.view(B, ph.G, dh, pw.G, dw, nh, C).permute(0, 5, 2, 1, 4, 3, 6).copy_(src)
+            if (Hg, Wg) != (H, W):
+                full = full[:, :H, :W].contiguous()
+        return full.permute(0, 3, 1, 2, 4)
+
+    def view(self, xp: torch.Tensor, kind: str, vh, vw, part=(0, 0)) -> torch.Tensor:
+        """Tiles ("q": [.., Th, Tw, C], query-side layout) or regions ("r": [.., Rh, Rw, C];
+        "part": one stride-S part of them; key-side layout) of the tiles in variants vh x vw:
+        [B, nh, dh, nth, dw, ntw, ., ., C]."""
+        ph, pw = self.ph, self.pw
+        B, nh, dh, Ah, dw, Aw, C = xp.shape
+        st = xp.stride()
+        (t0h, t1h, _), (t0w, t1w, _) = vh, vw
+        if kind == "q":
+            size = (ph.T, pw.T)
+            steps = (ph.T, pw.T)
+            off = t0h * ph.T * st[3] + t0w * pw.T * st[5]
+        else:
+            steps = (ph.S, pw.S)
+            off = t0h * ph.S * st[3] + t0w * pw.S * st[5]
+            if kind == "r":
+                size = (ph.R, pw.R)
+            else:
+                a, b = part
+                size = (min(ph.S, ph.R - a * ph.S) if ph.nT > 1 else ph.R,
+                        min(pw.S, pw.R - b * pw.S) if pw.nT > 1 else pw.R)
+                off += a * ph.S * st[3] + b * pw.S * st[5]
+        shape = (B, nh, dh, t1h - t0h, dw, t1w - t0w, size[0], size[1], C)
+        strides = (st[0], st[1], st[2], steps[0] * st[3], st[4], steps[1] * st[5], st[3], st[5],
+                   st[6])
+        return xp.as_strided(shape, strides, xp.storage_offset() + off)
+
+    # ---------------------------------------------------------------- bias tables
+    def tables(self, rpb: Optional[torch.Tensor], vh, vw, cdt) -> Tuple[torch.Tensor, ...]:
+        """Additive tables (broadcastable to [B, nh, dh, nth, dw, ntw, Th, Tw, Rh, Rw]):
+        the RPB plus every tile's window mask, as one table or as (rows, columns) parts."""
+        ph, pw = self.ph, self.pw
+        (dh, dw), (kh, kw) = self.d, self.k
+        (t0h, t1h, ch), (t0w, t1w, cw) = vh, vw
+        nth, ntw = t1h - t0h, t1w - t0w
+        dev = self.device
+
+        def masks():
+            ninf = torch.tensor(float("-inf"), dtype=cdt)
+            zero = torch.zeros((), dtype=cdt)
+            mh = torch.where(ph.mask[:, t0h:t1h], zero, ninf)     # [dh, nth, Th, Rh]
+            mw = torch.where(pw.mask[:, t0w:t1w], zero, ninf)     # [dw, ntw, Tw, Rw]
+            mh = mh.view(1, 1, dh, nth, 1, 1, ph.T, 1, ph.R, 1)
+            mw = mw.view(1, 1, 1, 1, dw, ntw, 1, pw.T, 1, pw.R)
+            return mh.to(dev), mw.to(dev)
+
+        mh, mw = _cached((self.key, vh, vw, cdt, str(dev), "mask"), masks)
+        if rpb is None:
+            bias = None
+        else:
+            def index():
+                uh = torch.arange(ph.T)[:, None, None, None]
+                uw = torch.arange(pw.T)[None, :, None, None]
+                xh = torch.arange(ph.R)[None, None, :, None]
+                xw = torch.arange(pw.R)[None, None, None, :]
+                ih = (xh - uh + ch).clamp(0, 2 * kh - 2)
+                iw = (xw - uw + cw).clamp(0, 2 * kw - 2)
+                return (ih * (2 * kw - 1) + iw).reshape(-1).to(dev)   # [Th*Tw*Rh*Rw]
+
+            idx = _cached((self.key, vh, vw, str(dev), "rpbidx"), index)
+            nh = rpb.shape[0]
+            bias = rpb.detach().to(cdt).reshape(nh, -1).index_select(1, idx)
+            bias = bias.view(1, nh, 1, 1, 1, 1, ph.T, pw.T, ph.R, pw.R)
+        full = dh * nth * dw * ntw * ph.T * pw.T * ph.R * pw.R
+        if self.B > 1 and full * (1 if rpb is None else rpb.shape[0]) <= FULL_TABLE_ELEMS:
+            both = _cached((self.key, vh, vw, cdt, str(dev), "maskfull"), lambda: mh + mw)
+            return (both if bias is None else both + bias,)
+        return (mh, mw if bias is None else mw + bias)
+
+    def rpb_index(self, vh, vw) -> torch.Tensor:
+        return _table_cache[(self.key, vh, vw, str(self.device), "rpbidx")]
+
+    # ---------------------------------------------------------------- chunks
+    def chunks(self, nth: int, ntw: int, per_logit_rows: int):
+        """(index, view shape) of chunks of tile rows: a range in one of the leading dims
+        [B, nh, dh, nth] with all the dims after it, about CHUNK_ELEMS logits each."""
+        sizes = (self.B, self.nh, self.d[0], nth)
+        per = self.d[1] * ntw * per_logit_rows          # logits per tile row
+        level, inner = 3, 1
+        for lv in range(4):
+            inner = 1
+            for s in sizes[lv + 1:]:
+                inner *= s
+            if inner * per <= CHUNK_ELEMS or lv == 3:
+                level = lv
+                break
+        step = max(1, CHUNK_ELEMS // (inner * per))
+        prefixes = [()]
+        for s in sizes[:level]:
+            prefixes = [p + (i,) for p in prefixes for i in range(s)]
+        for p in prefixes:
+            for a in range(0, sizes[level], step):
+                b = min(sizes[level], a + step)
+                yield p + (slice(a, b),), (b - a,) + sizes[level + 1:]
 
 
-def _accumulate(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
-    """dst[index] += src (rows; repeated indices add up).
+def _sel(t: torch.Tensor, index: tuple) -> torch.Tensor:
+    """Index the leading dims of a (possibly broadcast) table like a chunk of the tiles."""
+    out = []
+    for i, ix in enumerate(index):
+        if t.shape[i] == 1:
+            out.append(slice(0, 1) if isinstance(ix, slice) else 0)
+        else:
+            out.append(ix)
+    return t[tuple(out)]
 
-    index_add_ is the faster of the two on one thread; with several threads on a busy CPU its
-    parallel kernel was measured 500x slower (135 ms against 0.27 ms per call), while
-    index_put_(accumulate=True) runs serially and stays at a few ms.
-    """
-    if dst.device.type == "cpu" and torch.get_num_threads() > 1:
-        dst.index_put_((index,), src, accumulate=True)
-    else:
-        dst.index_add_(0, index, src)
+
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * (a @ b), the scale applied inside the matmul (no extra pass)."""
+    out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+    return out.baddbmm_(a, b, beta=0, alpha=scale)
 
 
 def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
     with torch.autocast(q.device.type, enabled=False):
-        c = _Ctx(q, kh, kw, dh, dw, th, tw)
-        nh, T2, R2, BH = c.nh, c.T2, c.R2, c.BH
-        Dv = v.shape[-1]
+        c = _Fast(q, kh, kw, dh, dw, th, tw)
         cdt = _compute_dtype(q.dtype)
-        sq, sk, sv = c.source(q, "q"), c.source(k, "r"), c.source(v, "r")
-        qdst = c.index(c.canon, "qdst")
-        table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
-        out = c.canonical(Dv, v.dtype, spare=True)
-        for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
-            p = _probs(c.take(sq, a, b).mul_(scale), c.take(sk, a, b), table[:, g], nh, T2, R2,
-                       cdt)
-            o = torch.bmm(p.to(v.dtype), c.take(sv, a, b).view(-1, R2, Dv))
-            out.index_copy_(0, qdst[a * BH * T2:b * BH * T2], o.view(-1, Dv))
-        return c.view(out)
+        D, Dv = q.shape[-1], v.shape[-1]
+        ph, pw = c.ph, c.pw
+        qg, kg, vg = c.q_layout(q), c.k_layout(k), c.k_layout(v)
+        og, full = c.q_out(Dv, v.dtype)
+        T2, R2 = ph.T * pw.T, ph.R * pw.R
+        for vh in ph.variants:
+            for vw in pw.variants:
+                tabs = c.tables(rpb, vh, vw, cdt)
+                Q, K, V, O = (c.view(qg, "q", vh, vw), c.view(kg, "r", vh, vw),
+                              c.view(vg, "r", vh, vw), c.view(og, "q", vh, vw))
+                nth, ntw = vh[1] - vh[0], vw[1] - vw[0]
+                for ix, lead in c.chunks(nth, ntw, T2 * R2):
+                    qc = Q[ix].reshape(-1, T2, D)
+                    kc = K[ix].reshape(-1, R2, D)
+                    logits = _scaled_bmm(qc, kc.transpose(1, 2), scale)
+                    if logits.dtype != cdt:
+                        logits = logits.to(cdt)
+                    lv = logits.view(lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R))
+                    for t in tabs:
+                        lv.add_(_sel(t, ix))
+                    p = torch.softmax(logits, -1)
+                    o = torch.bmm(p.to(v.dtype), V[ix].reshape(-1, R2, Dv))
+                    O[ix].copy_(o.view(lead + (dw, ntw, ph.T, pw.T, Dv)))
+        return c.canonical(og, (0, 0), full)
 
 
 def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
     with torch.autocast(q.device.type, enabled=False):
-        c = _Ctx(q, kh, kw, dh, dw, th, tw)
-        nh, T2, R2, BH, D = c.nh, c.T2, c.R2, c.BH, c.D
-        Dv = v.shape[-1]
+        c = _Fast(q, kh, kw, dh, dw, th, tw)
         cdt = _compute_dtype(q.dtype)
-        sq, sk, sv = c.source(q, "q"), c.source(k, "r"), c.source(v, "r")
-        sdo, sout = c.source(dout.to(v.dtype), "q"), c.source(out, "q")
-        qdst, rdst = c.index(c.canon, "qdst"), c.index(c.canon, "r")
-        valid = None if c.misc["all_valid"] else c.misc["valid"]
-        table = _bias_table(rpb, c.misc["cidx"], c.plan["n_bias"], nh, cdt)
-        dq = c.canonical(D, q.dtype, spare=True)
-        dk = c.canonical(D, k.dtype)
-        dv = c.canonical(Dv, v.dtype)
-        gtab = (torch.zeros(nh, c.misc["cidx"].shape[0], T2, R2, dtype=cdt, device=q.device)
-                if rpb_grad else None)
-        for a, b, g in _chunks(c.plan["groups"], BH * T2 * R2):
-            n = b - a
-            qc, kc, vc = c.take(sq, a, b).mul_(scale), c.take(sk, a, b), c.take(sv, a, b)
-            doc = c.take(sdo, a, b)
-            di = (doc.to(cdt) * c.take(sout, a, b).to(cdt)).sum(-1, keepdim=True)
-            if valid is not None:     # padding queries must contribute nothing
-                doc.mul_(valid[a:b].to(doc.dtype))
-                di.mul_(valid[a:b].to(cdt))
-            p = _probs(qc, kc, table[:, g], nh, T2, R2, cdt)
-            doc = doc.view(-1, T2, Dv)
-            dp = torch.bmm(doc, vc.view(-1, R2, Dv).transpose(1, 2))
-            if dp.dtype != cdt:
-                dp = dp.to(cdt)
-            ds = dp.sub_(di.view(-1, T2, 1)).mul_(p)
-            if gtab is not None:
-                gtab[:, g] += ds.view(n * c.B, nh, T2, R2).sum(0)
-            ds = ds.to(q.dtype)
-            qrows = slice(a * BH * T2, b * BH * T2)
-            rrows = slice(a * BH * R2, b * BH * R2)
-            dq.index_copy_(0, qdst[qrows], torch.bmm(ds, kc.view(-1, R2, D)).view(-1, D))
-            _accumulate(dk, rdst[rrows],
-                        torch.bmm(ds.transpose(1, 2), qc.view(-1, T2, D)).view(-1, D))
-            _accumulate(dv, rdst[rrows],
-                        torch.bmm(p.to(v.dtype).transpose(1, 2), doc).view(-1, Dv))
-        dq = c.view(dq).mul_(scale)
-        if gtab is not None:
-            nb = c.plan["n_bias"]
-            drpb = torch.zeros(nh, nb + 1, dtype=cdt, device=q.device)
-            drpb.scatter_add_(1, c.misc["cidx"].reshape(1, -1).expand(nh, -1),
-                              gtab.reshape(nh, -1))
-            drpb = drpb[:, :nb].reshape(rpb.shape).to(rpb.dtype).contiguous()
+        D, Dv = q.shape[-1], v.shape[-1]
+        ph, pw = c.ph, c.pw
+        dout = dout.to(v.dtype)
+        qg, kg, vg = c.q_layout(q), c.k_layout(k), c.k_layout(v)
+        dog = c.q_layout(dout)
+        dqg, dq_full = c.q_out(D, q.dtype)
+        dkg, dk_full = c.k_grad(D, k.dtype)
+        dvg, dv_full = c.k_grad(Dv, v.dtype)
+        accumulate = dk_full is None
+        T2, R2 = ph.T * pw.T, ph.R * pw.R
+        nh = c.nh
+        drpb = None
+        if rpb_grad:
+            drpb = torch.zeros(nh, (2 * kh - 1) * (2 * kw - 1), dtype=cdt, device=q.device)
+        for vh in ph.variants:
+            for vw in pw.variants:
+                tabs = c.tables(rpb, vh, vw, cdt)
+                nth, ntw = vh[1] - vh[0], vw[1] - vw[0]
+                Q, K, V = (c.view(qg, "q", vh, vw), c.view(kg, "r", vh, vw),
+                           c.view(vg, "r", vh, vw))
+                DO, DQ = c.view(dog, "q", vh, vw), c.view(dqg, "q", vh, vw)
+                if accumulate:
+                    parts = [(a, b) for a in range(ph.parts) for b in range(pw.parts)]
+                    DK = [(a, b, c.view(dkg, "part", vh, vw, (a, b))) for a, b in parts]
+                    DV = [(a, b, c.view(dvg, "part", vh, vw, (a, b))) for a, b in parts]
+                else:
+                    DK, DV = c.view(dkg, "r", vh, vw), c.view(dvg, "r", vh, vw)
+                gtab = (torch.zeros(nh, T2 * R2, dtype=cdt, device=q.device)
+                        if rpb_grad else None)
+                for ix, lead in c.chunks(nth, ntw, T2 * R2):
+                    qc = Q[ix].reshape(-1, T2, D)
+                    kc = K[ix].reshape(-1, R2, D)
+                    vc = V[ix].reshape(-1, R2, Dv)
+                    doc = DO[ix].reshape(-1, T2, Dv)
+                    logits = _scaled_bmm(qc, kc.transpose(1, 2), scale)
+                    if logits.dtype != cdt:
+                        logits = logits.to(cdt)
+                    lv = logits.view(lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R))
+                    for t in tabs:
+                        lv.add_(_sel(t, ix))
+                    p = torch.softmax(logits, -1)
+                    dp = torch.bmm(doc, vc.transpose(1, 2))
+                    if dp.dtype != cdt:
+                        dp = dp.to(cdt)
+                    # p * (dp - sum(p * dp)): softmax's backward in one fused kernel (the
+                    # row sums equal those of dout * out, which need not be formed)
+                    ds = torch._softmax_backward_data(dp, p, -1, cdt)
+                    if gtab is not None:
+                        dsv = ds.view(lead + (dw * ntw, T2 * R2))
+                        if len(lead) == 4:            # [b, nh, dh, nth, ...]: sum all but nh
+                            gtab += dsv.sum((0, 2, 3, 4))
+                        else:                          # one head, or a range of heads
+                            first = 1 if len(lead) == 3 else 0
+                            gtab[ix[1]] += dsv.sum(tuple(range(first, len(lead) + 1)))
+                    ds = ds.to(q.dtype)
+                    DQ[ix].copy_(_scaled_bmm(ds, kc, scale).view(lead + (dw, ntw, ph.T, pw.T, D)))
+                    dkr = _scaled_bmm(ds.transpose(1, 2), qc, scale).view(
+                        lead + (dw, ntw, ph.R, pw.R, D))
+                    dvr = torch.bmm(p.to(v.dtype).transpose(1, 2), doc).view(
+                        lead + (dw, ntw, ph.R, pw.R, Dv))
+                    if not accumulate:
+                        DK[ix].copy_(dkr)
+                        DV[ix].copy_(dvr)
+                        continue
+                    for dst_parts, src in ((DK, dkr), (DV, dvr)):
+                        for a, b, dst in dst_parts:
+                            d_ = dst[ix]
+                            d_.add_(src[..., a * ph.S:a * ph.S + d_.shape[-3],
+                                        b * pw.S:b * pw.S + d_.shape[-2], :])
+                if gtab is not None:
+                    drpb.index_add_(1, c.rpb_index(vh, vw), gtab)
+        kp = (ph.P, pw.P)
+        dq = c.canonical(dqg, (0, 0), dq_full)
+        dk = c.canonical(dkg, kp, dk_full)
+        dv = c.canonical(dvg, kp, dv_full)
+        if drpb is not None:
+            drpb = drpb.reshape(rpb.shape).to(rpb.dtype).contiguous()
         else:
             drpb = q.new_zeros(0)
-    return dq, c.view(dk), c.view(dv), drpb
+    return dq, dk, dv, drpb
 
 
 def _like_canonical(x: torch.Tensor, C: int, dtype=None) -> torch.Tensor:
@@ -547,10 +696,10 @@ def na2d_tiled_fast(query, key, value, kernel_size, dilation, rpb, scale, tile=N
     B, nh, H, W, D = query.shape
     (kh, kw), (dh, dw) = kernel_size, dilation
     if tile is None:
-        th, tw = fast_tile(H, kh, dh), fast_tile(W, kw, dw)
+        th, tw = 0, 0                         # 0: the cheapest tiling (see _fast_plan)
     else:
         th, tw = (tile, tile) if isinstance(tile, int) else tile
-        th, tw = min(th, _cdiv(H, dh)), min(tw, _cdiv(W, dw))
+        th, tw = max(1, min(th, _cdiv(H, dh))), max(1, min(tw, _cdiv(W, dw)))
     return torch.ops.dinat_backbone.na2d_tiled_fwd(query, key, value, rpb, kh, kw, dh, dw,
                                                    float(scale), th, tw)
 
