@@ -838,12 +838,8 @@ for _id, _k, _d, _shape in _op_ok:
 
 
 # ============================================================================ the test
-@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_bad_input(row, tmp_path, request):
-    if row.known_bug:
-        request.node.add_marker(pytest.mark.xfail(reason=row.known_bug, strict=True))
-    if row.needs:
-        pytest.importorskip(row.needs, reason=f"{row.id} needs {row.needs}")
+def _check_row(row: Row, tmp_path) -> None:
+    """Run one row and check its outcome (raises AssertionError / pytest's Failed when not met)."""
     args = (tmp_path,) if row.tmp else ()
     if isinstance(row.expect, Clear):
         with pytest.raises(row.expect.exc) as info:
@@ -858,10 +854,47 @@ def test_bad_input(row, tmp_path, request):
         row.expect.check(row.run(*args))
 
 
-def test_matrix_summary():
-    """Every row is one of the two outcomes; print the tally (for the report)."""
-    n_ok = sum(isinstance(r.expect, Correct) for r in ROWS)
-    n_err = sum(isinstance(r.expect, Clear) for r in ROWS)
-    assert n_ok + n_err == len(ROWS) and len({r.id for r in ROWS}) == len(ROWS)
-    assert all(r.expect.exc in (ValueError, TypeError) for r in ROWS if isinstance(r.expect, Clear))
-    print(f"bad-input matrix: {len(ROWS)} rows, {n_ok} correct output, {n_err} clear error")
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input(row, tmp_path, request):
+    if row.known_bug:
+        request.node.add_marker(pytest.mark.xfail(reason=row.known_bug, strict=True))
+    if row.needs:
+        pytest.importorskip(row.needs, reason=f"{row.id} needs {row.needs}")
+    _check_row(row, tmp_path)
+
+
+def test_the_matrix_check_fails_when_an_outcome_is_not_met(tmp_path):
+    """The check above is only evidence if it can fail: each way a row's outcome can be missed
+    (no error, another error type, a message without a promised phrase, code run by a loader, a
+    wrong output) makes it fail."""
+    clear = next(r for r in ROWS if isinstance(r.expect, Clear) and not r.needs and not r.tmp)
+    _check_row(clear, tmp_path)  # as written, the row passes
+    with pytest.raises(AssertionError, match="message lacks"):
+        _check_row(Row("x", clear.run, Clear(clear.expect.exc, *clear.expect.phrases,
+                                             "a phrase no message has")), tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        _check_row(Row("x", lambda: None, Clear(ValueError, "anything")), tmp_path)
+
+    def other_error():
+        raise RuntimeError("not a ValueError")
+
+    with pytest.raises(RuntimeError):
+        _check_row(Row("x", other_error, Clear(ValueError, "anything")), tmp_path)
+
+    def ran_code(tmp):
+        (tmp / "pwned").write_text("")
+        raise ValueError("refused, but too late")
+
+    with pytest.raises(AssertionError, match="ran code"):
+        _check_row(Row("x", ran_code, Clear(ValueError, "refused"), tmp=True), tmp_path)
+    # a Correct row: the independent re-computation notices an output that is off by 1e-3
+    m, x = model(), image(1, 3, 37, 45)
+    with torch.no_grad():
+        good = m(x)
+    matches_reference().check((m, x, good))
+    bad = dict(good)
+    name = next(iter(bad))
+    bad[name] = bad[name].clone()
+    bad[name][0, 0, 0, 0] += 1e-3
+    with pytest.raises(AssertionError):
+        matches_reference().check((m, x, bad))

@@ -13,6 +13,7 @@ import torch
 from dinat_backbone.backbone import DinatBackbone
 from dinat_backbone.config import DinatConfig
 from dinat_backbone.modeling import DinatModel
+from dinat_backbone.ops import flex_backend as flex  # part of the package: a failing import fails the module
 from dinat_backbone.ops import na2d
 from dinat_backbone.ops import tiled as tiled_mod
 from na_reference import na2d_slow
@@ -267,10 +268,26 @@ def test_gradient_checkpointing_config_flag():
 
 
 # ------------------------------------------------------------------ flex backend
-flex = pytest.importorskip("dinat_backbone.ops.flex_backend")
+def _has_flex_attention() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-@pytest.mark.skipif(not flex.flex_available("cpu"), reason="torch has no flex_attention")
+# Skip only when torch lacks the module; with it present, flex_available must agree (a test fails
+# instead of skipping if the backend wrongly reports itself unavailable).
+needs_flex = pytest.mark.skipif(not _has_flex_attention(),
+                                reason="needs torch.nn.attention.flex_attention (torch >= 2.5)")
+
+
+@needs_flex
+def test_flex_available_on_cpu_when_torch_has_it():
+    assert flex.flex_available("cpu")
+
+
+@needs_flex
 @pytest.mark.parametrize("case", [
     ((1, 2, 17, 13, 4), 5, 1, True),
     ((1, 2, 15, 19, 8), 7, 2, True),
@@ -284,7 +301,7 @@ def test_flex_forward_on_cpu_matches_definition(case):
     assert (out - ref[0]).abs().max().item() < 1e-10
 
 
-@pytest.mark.skipif(not flex.flex_available("cpu"), reason="torch has no flex_attention")
+@needs_flex
 def test_flex_block_mask_covers_every_neighborhood():
     # Every (query, key) pair of the definition must lie in a listed key block; the compiled
     # kernel skips unlisted blocks (the eager reference path would not notice).
@@ -308,7 +325,7 @@ def test_flex_block_mask_covers_every_neighborhood():
     assert listed.float().mean() < 0.8
 
 
-@pytest.mark.skipif(not flex.flex_available("cpu"), reason="torch has no flex_attention")
+@needs_flex
 def test_flex_declines_what_it_cannot_do_on_cpu():
     q = torch.randn(1, 1, 8, 8, 4, requires_grad=True)
     assert "backward" in flex.flex_supports(q, None, False, 0.0)
