@@ -407,25 +407,61 @@ def compare():
 """
 
 
-def test_unsupported_version_changes_nothing():
-    res = _run(_IMPORT_UNPATCHED + """
+@pytest.fixture(scope="module")
+def imported_unpatched():
+    """One interpreter, transformers' DiNAT module imported before any patch; in order: refused
+    versions, a refused structure (then restored), and the patch applied in place."""
+    return _run(_IMPORT_UNPATCHED + _COMPARE + """
+out = {}
 tf = sys.modules["transformers"]   # transformers 5.x replaces its module object on import
 real = tf.__version__
-out = {}
+versions = {}
 for v in ["4.49.0", "4.45.2", "5.25.0", "6.0.0"]:
     tf.__version__ = v
     try:
-        out[v] = ["patched", patch_transformers()]
+        versions[v] = ["patched", patch_transformers()]
     except TransformersPatchError as e:
-        out[v] = str(e)
-out["unchanged"] = unchanged()
+        versions[v] = str(e)
 tf.__version__ = real
+out["versions"] = versions
+out["versions_unchanged"] = unchanged()
+
+maybe_pad = md.DinatLayer.maybe_pad
+del md.DinatLayer.maybe_pad   # a transformers whose DinatLayer no longer pads small maps
+try:
+    out["structure"] = ["patched", patch_transformers()]
+except TransformersPatchError as e:
+    out["structure"] = str(e)
+out["structure_unchanged"] = unchanged()
+md.DinatLayer.maybe_pad = maybe_pad
+
+out["first"] = patch_transformers()
+out["second"] = patch_transformers()
+out["diff"] = compare()
 print(json.dumps(out))
 """)
-    assert res.pop("unchanged") is True
-    for v, msg in res.items():
+
+
+def test_unsupported_version_changes_nothing(imported_unpatched):
+    res = imported_unpatched
+    assert res["versions_unchanged"] is True
+    for v, msg in res["versions"].items():
         assert isinstance(msg, str), (v, msg)
         assert f"transformers {v} is not supported" in msg and SUPPORTED_RANGE in msg, msg
+
+
+def test_unknown_structure_is_refused_before_any_change(imported_unpatched):
+    msg = imported_unpatched["structure"]
+    assert isinstance(msg, str) and "maybe_pad" in msg, msg
+    assert "nothing was changed" in msg and imported_unpatched["structure_unchanged"] is True
+
+
+def test_patch_after_dinat_module_was_imported(imported_unpatched):
+    """The module imported before the patch (possible without NATTEN): patched in place."""
+    res = imported_unpatched
+    assert res["first"] and not any(c.startswith("imported") for c in res["first"])
+    assert res["second"] == []
+    assert res["diff"] < TOL, res
 
 
 def test_unsupported_version_after_patch_is_refused_too(md, monkeypatch):
@@ -437,47 +473,30 @@ def test_unsupported_version_after_patch_is_refused_too(md, monkeypatch):
 
 
 def test_without_dinat_clear_error_nothing_changed():
+    """A transformers without DiNAT: its package missing, or its modeling module not importable
+    (the latter after the patch has switched is_natten_available off for the import)."""
     res = _run("""
 import sys, json
 import transformers, transformers.utils as tu
 saved = tu.is_natten_available
-sys.modules["transformers.models.dinat"] = None   # this transformers has no DiNAT
 from dinat_backbone.transformers import patch_transformers, TransformersPatchError
-try:
-    msg = ["patched", patch_transformers()]
-except TransformersPatchError as e:
-    msg = str(e)
-print(json.dumps({"msg": msg, "restored": tu.is_natten_available is saved,
-                  "imported": "transformers.models.dinat.modeling_dinat" in sys.modules}))
+out = {}
+for blocked in ["transformers.models.dinat", "transformers.models.dinat.modeling_dinat"]:
+    sys.modules[blocked] = None   # `import` of it now fails
+    try:
+        out[blocked] = ["patched", patch_transformers()]
+    except TransformersPatchError as e:
+        out[blocked] = str(e)
+    del sys.modules[blocked]
+out["restored"] = tu.is_natten_available is saved
+out["imported"] = sys.modules.get("transformers.models.dinat.modeling_dinat") is not None
+print(json.dumps(out))
 """)
-    assert isinstance(res["msg"], str), res
-    assert "has no importable DiNAT model" in res["msg"] and SUPPORTED_RANGE in res["msg"]
-    assert res["restored"] and not res["imported"]
-
-
-def test_unknown_structure_is_refused_before_any_change():
-    res = _run(_IMPORT_UNPATCHED + """
-del md.DinatLayer.maybe_pad   # a transformers whose DinatLayer no longer pads small maps
-try:
-    msg = ["patched", patch_transformers()]
-except TransformersPatchError as e:
-    msg = str(e)
-print(json.dumps({"msg": msg, "unchanged": unchanged()}))
-""")
-    assert isinstance(res["msg"], str) and "maybe_pad" in res["msg"], res
-    assert "nothing was changed" in res["msg"] and res["unchanged"]
-
-
-def test_patch_after_dinat_module_was_imported():
-    """The module imported before the patch (possible without NATTEN): patched in place."""
-    res = _run(_IMPORT_UNPATCHED + _COMPARE + """
-first = patch_transformers()
-second = patch_transformers()
-print(json.dumps({"first": first, "second": second, "diff": compare()}))
-""")
-    assert res["first"] and not any(c.startswith("imported") for c in res["first"])
-    assert res["second"] == []
-    assert res["diff"] < TOL, res
+    assert res.pop("restored") is True and res.pop("imported") is False
+    assert len(res) == 2
+    for blocked, msg in res.items():
+        assert isinstance(msg, str), (blocked, msg)
+        assert "has no importable DiNAT model" in msg and SUPPORTED_RANGE in msg, msg
 
 
 def test_patch_after_transformers_was_imported():
