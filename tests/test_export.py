@@ -17,10 +17,15 @@ ort = pytest.importorskip("onnxruntime", reason="pip install onnxruntime (test e
 pytest.importorskip("onnxscript", reason="pip install onnxscript (test extra)")
 
 # Sizes checked on the one dynamic graph: (batch, height, width).
-#   (1, 40, 72):  stage2 is 5 x 9 with dilation 2 (window 6 > 5: padded), stage4 2 x 3 (padded)
-#   (2, 97, 131): odd sizes, batch 2, stage4 4 x 5
-SIZES = [(1, 40, 72), (2, 97, 131)]
-TOL = 1e-4
+#   (1, 40, 72):   stage2 is 5 x 9 with dilation 2 (window 6 > 5: padded), stage4 2 x 3 (padded)
+#   (2, 97, 131):  odd sizes, batch 2, stage4 4 x 5
+#   (1, 256, 320), (1, 481, 353): larger maps, the sizes the README quotes
+SIZES = [(1, 40, 72), (2, 97, 131), (1, 256, 320), (1, 481, 353)]
+# Largest allowed |exported - eager| over every output element and size, fp32: the bound the README
+# quotes. Measured with torch 2.14.1 / onnxruntime 1.32 on an AMD EPYC CPU: torch.export 1.9e-6,
+# ONNX 5.0e-6 (per size 1.9e-6, 4.1e-6, 3.3e-6, 5.0e-6); 2e-5 leaves 4x for other CPUs' SIMD
+# kernels and onnxruntime versions (different summation orders). The tests print the measured max.
+TOL = 2e-5
 
 
 def _config():
@@ -70,6 +75,7 @@ def test_export_friendly_matches_eager_on_small_and_odd_sizes(model):
 def test_torch_export_dynamic_hw(model, program):
     rc = {str(v) for v in program.range_constraints.values()}
     assert any(f"VR[{MIN_DYNAMIC_SIZE}" in r for r in rc), rc  # height / width are symbolic
+    diffs = {}
     with torch.no_grad():
         for b, h, w in SIZES:
             x = _inputs(b, h, w)
@@ -77,7 +83,9 @@ def test_torch_export_dynamic_hw(model, program):
             assert list(got) == list(want)
             for k in want:
                 assert got[k].shape == want[k].shape
-                torch.testing.assert_close(got[k], want[k], rtol=0, atol=TOL)
+            diffs[(b, h, w)] = max(float((got[k] - want[k]).abs().max()) for k in want)
+    print(f"torch.export max |difference| {max(diffs.values()):.2e} (tolerance {TOL:.0e}); per size:", diffs)
+    assert all(d <= TOL for d in diffs.values()), diffs
 
 
 def test_onnx_dynamic_hw_matches_pytorch(model, program, tmp_path):
@@ -100,7 +108,7 @@ def test_onnx_dynamic_hw_matches_pytorch(model, program, tmp_path):
                 assert o.shape == tuple(want[k].shape)
             diffs[(b, h, w)] = max(float(np.abs(o - want[k].numpy()).max())
                                    for o, k in zip(outs, want))
-    print("ONNX max |difference| per input size:", diffs)
+    print(f"ONNX max |difference| {max(diffs.values()):.2e} (tolerance {TOL:.0e}); per size:", diffs)
     assert all(d <= TOL for d in diffs.values()), diffs
 
 
