@@ -229,3 +229,14 @@ def test_cli_rejects_bad_input(tmp_path, case):
             "missing-weights": "--weights"}[case]
     assert want in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "o.png")
+
+
+def test_erf_summaries_by_hand():
+    erf = np.ones((5, 5))
+    # the centred 3 x 3 square holds 9 of 25: 64 % outside; 50 % needs the 5 x 5 (radius 2)
+    assert va.share_outside(erf, 2, 2, 3) == pytest.approx(16 / 25)
+    assert va._mass_radius(erf, 2, 2, 0.5) == 2
+    assert va._mass_radius(erf, 2, 2, 0.3) == 1          # 9 / 25 = 0.36 >= 0.3
+    erf[2, 2] = 100.0                                     # 100 of 124 at the centre pixel
+    assert va._mass_radius(erf, 2, 2, 0.8) == 0
+    assert va.share_outside(erf, 2, 2, 1) == pytest.approx(24 / 124)

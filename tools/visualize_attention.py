@@ -3,6 +3,7 @@
 
     python tools/visualize_attention.py IMAGE --out PNG [--weights CKPT] [--variant mini]
         [--points Y,X ...] [--size 512] [--dilations PRESET] [--noise 2] [--seed 0]
+        [--threads 1] [--erf-decades 5] [--dpi 72] [--full-color]
 
 The picture has three parts (docs/visualize.md shows one):
 
@@ -15,12 +16,12 @@ The picture has three parts (docs/visualize.md shows one):
   model with every dilation 1 (NA only), computed from the model's modules (two 3x3 stride-2
   stem convolutions, each layer's kernel and dilation, the 3x3 stride-2 downsamplers);
 * effective receptive field of every stage output: |d(centre feature, ReLU'd and summed over
-  channels) / d(input)|, summed over the colour channels and averaged over the image and ``--noise``
-  Gaussian-noise images.
+  channels) / d(input)|, summed over the colour channels and averaged over the image and
+  ``--noise`` Gaussian-noise images.
 
 Without ``--weights`` the model has random weights (seeded), and the title says so.
 Exit code 2, with a message and no traceback, for a missing or unreadable image, a bad
-``--points`` value or checkpoint.
+``--points`` value or checkpoint. One torch thread unless ``--threads`` says otherwise.
 """
 from __future__ import annotations
 
@@ -337,6 +338,17 @@ def effective_rf(model: DinatBackbone, inputs: torch.Tensor,
     return res
 
 
+def share_outside(erf: np.ndarray, cy: int, cx: int, side: int) -> float:
+    """Share of the ERF's total outside the ``side`` x ``side`` square centred on (cy, cx)
+    (e.g. outside the NA-only theoretical RF: what only the dilated layers can reach)."""
+    total = erf.sum()
+    if total <= 0:
+        return 0.0
+    h = (side - 1) // 2
+    inside = erf[max(0, cy - h):cy + h + 1, max(0, cx - h):cx + h + 1].sum()
+    return float(max(0.0, 1.0 - inside / total))
+
+
 def _mass_radius(erf: np.ndarray, cy: int, cx: int, frac: float) -> int:
     total = erf.sum()
     if total <= 0:
@@ -468,17 +480,22 @@ def render(image: np.ndarray, att: Dict, trf: Dict, erf: Dict, out_path: str, ti
     # table
     ax = fig.add_subplot(gs[2, 0])
     ax.axis("off")
-    rows = [[name, str(v["stride"]), str(v["rf_na"]), str(v["rf_dinat"])]
-            + ([f"{2 * erf[name]['r50'] + 1}", f"{2 * erf[name]['r90'] + 1}"] if name in erf
-               else ["-", "-"])
-            for name, v in trf["stages"].items() if name != "stem"]
-    tab = ax.table(cellText=rows, colLabels=["output", "stride", "NA", "DiNAT", "50%", "90%"],
-                   loc="center", cellLoc="center")
+    rows = []
+    for name, v in trf["stages"].items():
+        if name == "stem":
+            continue
+        e = erf.get(name)
+        rows.append([name, str(v["stride"]), str(v["rf_na"]), str(v["rf_dinat"])] + (
+            [f"{2 * e['r50'] + 1}", f"{2 * e['r90'] + 1}",
+             f"{100 * share_outside(e['erf'], *e['centre_pixel'], v['rf_na']):.2g}"]
+            if e else ["-", "-", "-"]))
+    tab = ax.table(cellText=rows, colLabels=["output", "stride", "NA", "DiNAT", "50%", "90%",
+                                             "out %"], loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8)
     tab.scale(1.0, 1.4)
-    ax.set_title("side in px: theoretical RF (NA only, DiNAT);\nERF: centred square holding "
-                 "50% / 90% of it", fontsize=8)
+    ax.set_title("side in px: theoretical RF (NA only, DiNAT); ERF: centred\nsquare holding "
+                 "50% / 90% of it; out %: ERF share outside the NA-only RF", fontsize=7)
 
     # effective receptive fields
     for i, st in enumerate(att["stages"]):
@@ -549,8 +566,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="decades of the ERF's log colour scale (5)")
     ap.add_argument("--full-color", action="store_true",
                     help="write a full-colour PNG (default: 256 colours, ~3x smaller)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's; on a busy machine 1 is faster)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a 2-core machine shared with other jobs, 2 "
+                         "threads took 3m28s where 1 took 40s; raise it on an idle machine)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -559,14 +577,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         H, W = image.shape[:2]
         points = args.points or default_points(H, W)
         for flag, value, low in (("--noise", args.noise, 0), ("--erf-decades", args.erf_decades, 1),
-                                 ("--dpi", args.dpi, 10), ("--threads", args.threads or 1, 1)):
+                                 ("--dpi", args.dpi, 10), ("--threads", args.threads, 1)):
             if value < low:
                 raise InputError(f"{flag} {value}: must be >= {low}")
         if not args.out.lower().endswith(".png"):
             raise InputError(f"--out {args.out!r}: the picture is a PNG; give a path ending in "
                              ".png")
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
         model, desc = build_model(args.variant, args.weights, args.dilations, (H, W), args.seed)
         x = to_pixel_values(image)
         att = attention_maps(model, x, points)
@@ -591,9 +608,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t3 = time.perf_counter()
     for name, v in trf["stages"].items():
         e = erf.get(name)
+        extra = ""
+        if e:
+            out = 100 * share_outside(e["erf"], *e["centre_pixel"], v["rf_na"])
+            extra = (f"  ERF 50%/90% side {2 * e['r50'] + 1}/{2 * e['r90'] + 1} px, "
+                     f"{out:.2g}% outside the NA-only RF")
         print(f"{name:7s} stride {v['stride']:2d}  RF NA-only {v['rf_na']:5d} px  RF DiNAT "
-              f"{v['rf_dinat']:5d} px" + (f"  ERF 50%/90% side {2 * e['r50'] + 1}/"
-                                          f"{2 * e['r90'] + 1} px" if e else ""))
+              f"{v['rf_dinat']:5d} px" + extra)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB); attention "
           f"{t1 - t0:.1f} s, ERF {t2 - t1:.1f} s, drawing {t3 - t2:.1f} s, "
           f"{torch.get_num_threads()} torch threads")
