@@ -313,6 +313,7 @@ def effective_rf(model: DinatBackbone, inputs: torch.Tensor,
     for p, _ in flags:
         p.requires_grad_(False)
     x = inputs.detach().clone().requires_grad_(True)
+    strides = dict(zip(model.out_features, model.strides))
     try:
         with torch.enable_grad():
             outs = model(x)
@@ -326,7 +327,7 @@ def effective_rf(model: DinatBackbone, inputs: torch.Tensor,
                 g, = torch.autograd.grad(torch.relu(f[:, :, r, c]).sum(), x,
                                          retain_graph=n < len(stages) - 1)
                 erf = g.abs().sum(1).mean(0).double().numpy()
-                stride = model._out_feature_strides[name]
+                stride = strides[name]
                 cy, cx = r * stride, c * stride
                 res[name] = dict(erf=erf, centre_token=(r, c), centre_pixel=(cy, cx),
                                  stride=stride, r50=_mass_radius(erf, cy, cx, 0.5),
@@ -550,7 +551,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output PNG")
     ap.add_argument("--weights", default=None,
                     help="checkpoint (any format dinat_backbone loads); random weights otherwise")
-    ap.add_argument("--variant", default="mini", help="variant for random weights (mini)")
+    ap.add_argument("--variant", default="mini",
+                    help="variant for random weights (mini); with --weights the checkpoint's")
     ap.add_argument("--points", nargs="+", type=parse_point, default=None, metavar="Y,X",
                     help="query pixels in the resized image (default: 4 spread over it)")
     ap.add_argument("--size", type=int, default=512,
