@@ -55,6 +55,12 @@ if DEVICE.type == "cuda" and not torch.cuda.is_available():
     raise RuntimeError("DINAT_TEST_DEVICE=cuda but torch.cuda.is_available() is False: run "
                        "tools/gpu_check.py on a machine with a CUDA GPU, or unset the variable")
 ON_CUDA = DEVICE.type == "cuda"
+if ON_CUDA:   # every matrix case is a new shape for the compiled flex kernel: allow recompiles
+    import torch._dynamo
+
+    for _name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, _name):
+            setattr(torch._dynamo.config, _name, 512)
 BACKENDS = ["tiled", "gather", "auto"]
 FLEX_TRAIN = ON_CUDA            # flex_attention has a backward on CUDA only
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

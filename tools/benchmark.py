@@ -6,18 +6,32 @@ Sections (all by default; pick with --sections):
 * ``op``: the NA op, forward and forward+backward, at representative shapes (stage 1 at 224 and
   at 800x1216 with dilation 1 and the COCO preset's dilation, and 2x2x56x56x32 k7 d2), for every
   backend that runs here: ``tiled`` (default), ``gather`` (the naive baseline that gathers each
-  query's k*k keys), ``natten`` and ``flex`` where available and applicable.
+  query's k*k keys), ``natten`` (NATTEN >= 0.20 has no RPB: timed without it, a reference row
+  only) and ``flex`` where available and applicable. Beside them, a 1024^3 fp32 matmul measured
+  in the same run gives the matmul-rate limit: each op row shows its effective GFLOP/s (the FLOP
+  handle's count of q.k and a.v, 2 FLOPs per multiply-add, fwd+bwd counted as 3x fwd) and how
+  many times slower than that limit it runs. ``--op-threads 1 2`` interleaves thread counts in
+  one run and adds a thread-scaling table.
 * ``backbone``: DiNAT-mini / DiNAT-tiny (DinatBackbone, four stage outputs) beside torchvision's
   Swin-T and ConvNeXt-T feature extractors (``.features``, no classifier head), inference
   (no_grad forward) and training (forward + backward of the sum of the outputs), images/s and
-  peak memory, with ratios against Swin-T measured in the same run, same threads, same dtype.
+  peak memory, with ratios against Swin-T measured in the same run, same threads, same dtype
+  (``--autocast bfloat16`` runs them under autocast). ``--models dinat_tiny_no_na`` adds an
+  analysis row: DiNAT-T with the attention op replaced by a copy of v (what the rest of the
+  network costs).
 * ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
+* ``profile`` (not in the default set): torch.profiler over training steps at 224 (batch 8) of
+  --profile-models at --profile-threads: self time per category (attention op, linears,
+  layernorm, GELU, conv, layout copies, other) and the top operators.
 
 Time: best of --repeats runs after --warmup runs (the machine may be shared; ratios are taken
-between backends / models measured in the same process, interleaved repeat by repeat). Peak memory: the peak of
+between backends / models measured in the same process, interleaved repeat by repeat). With
+``--clock cpu`` (one thread only) the time is the process's CPU time, which other jobs on a
+shared machine inflate much less than wall time. Peak memory: the peak of
 tensor memory allocated during one call above what was held before it (from the profiler's
 allocation events; on CUDA, torch.cuda.max_memory_allocated), in a separate run from the timed
-ones. Output: markdown tables; --json PATH also writes the raw numbers.
+ones. Output: markdown tables; --json PATH also writes the raw numbers. docs/benchmarks.md shows
+what it prints, with the tables measured for this project.
 
 Examples::
 
@@ -25,6 +39,8 @@ Examples::
     python tools/benchmark.py --quick               # small subset (a few minutes)
     python tools/benchmark.py --sections op --backends tiled gather
     python tools/benchmark.py --sections backbone --models dinat_tiny swin_t --sizes 224
+    python tools/benchmark.py --sections op --op-threads 1 2 --backends tiled gather
+    python tools/benchmark.py --sections profile --profile-threads 1
 """
 from __future__ import annotations
 
@@ -56,9 +72,18 @@ QUICK_OP_SHAPES = ["stage1@224 d1", "target 2x2x56x56 d2"]
 # (label, batch, height, width)
 SIZES = {"224": (8, 224, 224), "800x1216": (1, 800, 1216)}
 MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
+# Analysis only (never in the default set): DiNAT-T with the attention op replaced by a copy of
+# v, everything else unchanged. Its time is what the rest of the network costs, so the gap to
+# dinat_tiny is the op's share (forward + backward) of a step.
+EXTRA_MODELS = ["dinat_tiny_no_na"]
 
 
 # ---------------------------------------------------------------------------------- measuring
+# Wall time by default; --clock cpu uses this process's CPU time instead, which other processes
+# on a shared machine do not inflate (1 thread only: with more, it adds the threads' times up).
+_clock = time.perf_counter
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -71,10 +96,10 @@ def time_call(fn: Callable[[], None], device: torch.device, warmup: int, repeats
     _sync(device)
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _clock() - t0)
     return best
 
 
@@ -259,10 +284,10 @@ def bench_op(args, device, dtype) -> List[dict]:
                     if fn is None:
                         continue
                     _sync(device)
-                    t0 = time.perf_counter()
+                    t0 = _clock()
                     fn()
                     _sync(device)
-                    dt = time.perf_counter() - t0
+                    dt = _clock() - t0
                     row[name] = dt if row[name] is None else min(row[name], dt)
         for row, fwd, fwdbwd in live:
             if row.get("matmul"):
@@ -332,7 +357,32 @@ def op_tables(results: List[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------- backbones
+class _WithoutNA(torch.nn.Module):
+    """Runs a DiNAT model with ``na2d`` swapped for a copy of v into the op's output layout."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        import dinat_backbone.modeling as modeling
+
+        def copy_v(q, k, v, *args, **kwargs):
+            B, nh, H, W, D = v.shape
+            out = v.new_empty(B, H, W, nh, D).permute(0, 3, 1, 2, 4)
+            return out.copy_(v)
+
+        saved = modeling.na2d
+        modeling.na2d = copy_v
+        try:
+            return self.model(x)
+        finally:
+            modeling.na2d = saved
+
+
 def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
+    if name == "dinat_tiny_no_na":
+        return _WithoutNA(build_model("dinat_tiny", size_label, device, dtype, ckpt))
     if name.startswith("dinat_"):
         from dinat_backbone.backbone import DinatBackbone
 
@@ -348,7 +398,7 @@ def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
         return torchvision.models.swin_t().features.to(device, dtype)
     if name == "convnext_tiny":
         return torchvision.models.convnext_tiny().features.to(device, dtype)
-    raise ValueError(f"unknown model {name!r}; use one of {MODELS}")
+    raise ValueError(f"unknown model {name!r}; use one of {MODELS + EXTRA_MODELS}")
 
 
 def _outputs_sum(out) -> torch.Tensor:
@@ -408,10 +458,10 @@ def bench_backbones(args, device, dtype) -> List[dict]:
             for _ in range(args.repeats):
                 for m, f in fns.items():
                     _sync(device)
-                    t0 = time.perf_counter()
+                    t0 = _clock()
                     f()
                     _sync(device)
-                    best[m] = min(best[m], time.perf_counter() - t0)
+                    best[m] = min(best[m], _clock() - t0)
             for m, f in fns.items():
                 mem = peak_memory(f, device)
                 results.append(dict(size=size, batch=B, mode=mode, model=m, seconds=best[m],
@@ -587,6 +637,9 @@ def main(argv=None) -> Dict[str, list]:
     p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"],
                    help="backbone section: run the models under torch.autocast to this dtype "
                         "(weights stay --dtype)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed time (default); cpu: this process's CPU time, robust to "
+                        "other jobs on a shared machine (1 thread only)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
@@ -597,18 +650,26 @@ def main(argv=None) -> Dict[str, list]:
                    help="thread counts for the op section, interleaved in one run (e.g. 1 2)")
     p.add_argument("--flex-cpu", action="store_true", help="time flex forward on the CPU")
     p.add_argument("--gather-limit-mb", type=int, default=4096)
-    p.add_argument("--models", nargs="+", default=None, choices=MODELS)
+    p.add_argument("--models", nargs="+", default=None, choices=MODELS + EXTRA_MODELS)
     p.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
     p.add_argument("--ckpt-size", type=int, default=1024)
     p.add_argument("--ckpt-variant", default="tiny")
     p.add_argument("--profile-models", nargs="+", default=["dinat_tiny", "swin_t"],
-                   choices=MODELS, help="models for the profile section")
+                   choices=MODELS + EXTRA_MODELS, help="models for the profile section")
     p.add_argument("--profile-threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--profile-steps", type=int, default=2)
     p.add_argument("--profile-top", type=int, default=12)
     p.add_argument("--json", default=None, help="also write raw numbers to this file")
     args = p.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu":
+        many = [t for t in [args.threads or torch.get_num_threads()] + (args.op_threads or [])
+                + (args.profile_threads if "profile" in args.sections else []) if t != 1]
+        if many:
+            p.error("--clock cpu measures CPU time, which adds up the threads' times: use it "
+                    "with --threads 1 (and --op-threads 1), or use the default wall clock")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.repeats is None:
@@ -619,7 +680,8 @@ def main(argv=None) -> Dict[str, list]:
     dtype = getattr(torch, args.dtype)
     out: Dict[str, list] = {}
     amp = f", autocast {args.autocast}" if args.autocast else ""
-    print(f"Machine: {machine_description(device)}; dtype {args.dtype}{amp}\n")
+    print(f"Machine: {machine_description(device)}; dtype {args.dtype}{amp}; "
+          f"{args.clock} clock\n")
     if "op" in args.sections:
         out["op"] = bench_op(args, device, dtype)
         print("### Neighborhood attention op\n")

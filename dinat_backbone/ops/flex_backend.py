@@ -151,7 +151,9 @@ def _device_layout(key: Tuple[int, ...], device: torch.device) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
-    return torch.compile(_flex_module().flex_attention, dynamic=False)
+    # dynamic=None: the first shape compiles static; a second shape recompiles once with dynamic
+    # sizes, which then serves every further map size (a backbone sees one size per stage).
+    return torch.compile(_flex_module().flex_attention, dynamic=None)
 
 
 def na2d_flex(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
