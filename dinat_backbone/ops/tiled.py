@@ -170,7 +170,7 @@ def _na2d_tiled_composed(query, key, value, kernel_size, dilation, rpb, scale, r
 
 
 # ------------------------------------------------------------------------------ fast path
-# Logits (query x region key) per chunk and thread; float32: 1 MiB, stays in a core's L2 cache.
+# Logits (query x region key) per chunk; float32: 1 MiB, stays in a core's L2 cache.
 CHUNK_ELEMS = 1 << 18
 # Bias tables (RPB + window masks of every tile) up to this many elements are built whole, so
 # that each chunk gets one broadcast add; larger maps add the row and column parts separately.
@@ -485,12 +485,8 @@ class _Fast:
     # ---------------------------------------------------------------- chunks
     def chunks(self, nth: int, ntw: int, per_logit_rows: int):
         """(index, view shape) of chunks of tile rows: a range in one of the leading dims
-        [B, nh, dh, nth] with all the dims after it, about CHUNK_ELEMS logits per thread.
-
-        With several threads each op of a chunk is split between them, so chunks grow with the
-        thread count: every thread keeps a cache-sized share, and there are fewer, larger ops
-        (each op is a parallel region whose threads all wait for the slowest)."""
-        budget = CHUNK_ELEMS * max(1, min(4, torch.get_num_threads()))
+        [B, nh, dh, nth] with all the dims after it, about CHUNK_ELEMS logits each."""
+        budget = CHUNK_ELEMS
         sizes = (self.B, self.nh, self.d[0], nth)
         per = self.d[1] * ntw * per_logit_rows          # logits per tile row
         level, inner = 3, 1
