@@ -1,7 +1,7 @@
 """A slow, obviously-correct definition of 2D (dilated) neighborhood attention.
 
-Written from the semantics in ../shared/REFERENCE.md, independently of dinat_backbone.ops (it
-imports nothing from the package). Used only as the tests' oracle.
+Written from NATTEN's documented semantics, independently of dinat_backbone.ops (it imports
+nothing from the package). Used only as the tests' oracle.
 
 Per axis of length L, odd kernel k, dilation d: query i is in residue class r = i mod d at group
 index j = i div d; the class has L_r = ceil((L - r) / d) positions; the window in group
