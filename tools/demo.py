@@ -9,18 +9,27 @@
 2. Trains UPerNet-DiNAT-mini (mmseg) on the semantic data from random weights and evaluates mIoU
    with mmseg's IoUMetric, next to the mIoU of predicting the majority class everywhere.
 3. Trains Mask R-CNN-DiNAT-mini from the segmenter's backbone (``--warm-start segmenter``, the
-   default; ``none`` = random weights) with mmdet (or detectron2, ``--framework``) and evaluates
-   COCO box / mask AP with pycocotools (mmdet's CocoMetric / detectron2's COCOEvaluator).
+   default; ``none`` = random weights) with mmdet (``--framework auto``, the default, whenever mmdet
+   is installed: the path the README measures) or with detectron2 (``--framework detectron2``; it
+   prints how that path differs) and evaluates COCO box / mask AP with pycocotools (mmdet's
+   CocoMetric / detectron2's COCOEvaluator). Both paths use the same learning-rate schedule
+   (warm-up, then a cosine ``--cosine-span`` x ``--iters`` long, cut at ``--iters``).
    The backbone's dilations are derived for the demo resolution (``derive_dilations``), not the
    COCO preset made for 800-1333 px images.
 4. Writes ``<out>/detections.png`` (predicted boxes and masks over val images, ground truth
    below) and ``<out>/segmentation.png`` (image | ground truth | prediction), ``summary.json``,
-   and prints where everything is. The frameworks' loggers show progress with an ETA.
+   and prints where everything is. The frameworks' loggers show progress with an ETA. Metrics are
+   printed as the frameworks print them: AP in percent, mIoU in percent, one decimal.
+
+``--seeds N`` runs the whole job N times (training seeds --seed, --seed + 1, ...; the same demo
+data, ``--data-seed``), each in its own process with outputs in ``<out>/seed_<s>/``, then prints a
+table of every metric per seed with the mean and the min-max, and writes ``<out>/repeat.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import os.path as osp
 import subprocess
@@ -41,15 +50,16 @@ D2_CONFIG = osp.join(ROOT, "configs", "demo", "d2_mask_rcnn_dinat_mini_demo.yaml
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 2)[2])
+                                epilog=__doc__.split("\n\n", 2)[2], allow_abbrev=False)
     p.add_argument("--framework", choices=("auto", "mmdet", "detectron2"), default="auto",
-                   help="detector framework; auto = detectron2 if importable, else mmdet")
+                   help="detector framework; auto = mmdet (the README's path) when mmdet and a "
+                        "compiled mmcv are installed, else detectron2")
     p.add_argument("--variant", default="mini", help="DiNAT variant (mini, tiny, small, base, large)")
     p.add_argument("--iters", type=int, default=240, help="detector training iterations (batch 4)")
     p.add_argument("--seg-iters", type=int, default=120, help="segmenter training iterations (batch 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the detector")
     p.add_argument("--cosine-span", type=float, default=1.5,
-                   help="length of the detector's cosine decay as a multiple of --iters (mmdet; default "
+                   help="length of the detector's cosine decay as a multiple of --iters (default "
                         "1.5: the run stops at ~0.4x the peak rate, which learned more in the "
                         "short default run; 1 anneals to ~0 at the end, as the long schedule does)")
     p.add_argument("--seg-lr", type=float, default=1e-3, help="AdamW learning rate of the segmenter")
@@ -63,7 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=300, help="training images per dataset")
     p.add_argument("--n-val", type=int, default=50, help="validation images per dataset")
     p.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default {DEMO_SIZE})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the generated demo data (default 0: the data every run uses)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run the whole job N times with training seeds --seed .. --seed + N - 1 "
+                        "and print the mean and min-max of every metric")
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None,
@@ -73,8 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-seg", action="store_true", help="skip the segmentation part")
     p.add_argument("--skip-det", action="store_true", help="skip the detection part")
     p.add_argument("--det-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides of the mmdet demo config, mmengine style, e.g. "
-                        "model.roi_head.bbox_head.fc_out_channels=512 (mmdet path only)")
+                   help="overrides of the detector's config: mmengine style for mmdet, e.g. "
+                        "model.roi_head.bbox_head.fc_out_channels=512; detectron2 keys for "
+                        "detectron2, e.g. MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=64")
     p.add_argument("--seg-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides of the mmseg demo config, mmengine style")
     a = p.parse_args(argv)
@@ -87,8 +103,11 @@ def parse_args(argv=None):
         p.error("--size must be a multiple of 32 and at least 64 (e.g. 192)")
     if a.skip_seg and a.skip_det:
         p.error("nothing to do: both --skip-seg and --skip-det given")
+    if a.seeds is not None and a.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {a.seeds}")
     if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
         p.error(f"--warm-start must be segmenter, none or an existing file, got {a.warm_start!r}")
+    a.det_cfg_pairs = [tuple(item.partition("=")[::2]) for item in a.det_cfg_options]
     for name in ("det_cfg_options", "seg_cfg_options"):
         setattr(a, name, _parse_options(p, name, getattr(a, name)))
     if a.skip_seg and a.warm_start == "segmenter":
@@ -127,14 +146,124 @@ def _banner(msg: str) -> None:
     print(f"\n{'=' * 100}\n== {msg}\n{'=' * 100}", flush=True)
 
 
-def pick_framework(choice: str) -> str:
-    if choice != "auto":
-        return choice
+def _mm_importable(what: str) -> bool:
+    try:
+        import mmengine  # noqa: F401
+        import mmcv._ext  # noqa: F401
+        __import__(what)
+    except ImportError:
+        return False
+    return True
+
+
+def _d2_importable() -> bool:
     try:
         import detectron2  # noqa: F401
     except ImportError:
-        return "mmdet"
+        return False
+    return True
+
+
+def pick_framework(choice: str) -> str:
+    """auto -> mmdet (the path the README documents and measures) whenever mmdet and a compiled
+    mmcv import; detectron2 only when asked for, or when it is the only detector installed."""
+    if choice != "auto":
+        return choice
+    if _mm_importable("mmdet") or not _d2_importable():
+        return "mmdet"  # (without mmdet, _require_mm then says what to install)
     return "detectron2"
+
+
+# ----------------------------------------------------------------- numbers: print and save
+def _pct(value, scale: float = 1.0):
+    """A metric as a percentage with one decimal ("31.8"), "n/a" when missing or not a number.
+    ``scale`` 100 for fractions (mmdet's CocoMetric), 1 for percentages (mmseg, detectron2)."""
+    try:
+        v = float(value) * scale
+    except (TypeError, ValueError):
+        return "n/a"
+    if math.isnan(v) or math.isinf(v) or v < 0:  # pycocotools: -1 = no ground truth of that size
+        return "n/a"
+    return f"{v:.1f}"
+
+
+def strict_json(obj):
+    """``obj`` with NaN / inf -> None, tuples -> lists, numpy / tensor scalars -> numbers and
+    anything else that JSON cannot hold -> str, so that ``json.dumps(..., allow_nan=False)``
+    writes strict JSON (NaN is not JSON; strict readers reject it)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, tensors (0-d: a Python number)
+        return strict_json(obj.tolist())
+    return str(obj)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(strict_json(obj), f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
+# Every detector metric in percent under one name, from either framework's keys.
+_DET_KEYS = {  # name: (mmdet CocoMetric key (fraction), detectron2 COCOEvaluator (task, key) (percent))
+    "bbox AP": ("coco/bbox_mAP", ("bbox", "AP")),
+    "bbox AP50": ("coco/bbox_mAP_50", ("bbox", "AP50")),
+    "bbox AP75": ("coco/bbox_mAP_75", ("bbox", "AP75")),
+    "mask AP": ("coco/segm_mAP", ("segm", "AP")),
+    "mask AP50": ("coco/segm_mAP_50", ("segm", "AP50")),
+}
+
+
+def detection_ap(metrics: dict, classes=()) -> dict:
+    """{"bbox AP": 11.8, "bbox AP50": 31.8, ..., "bbox AP50 circle": ...} in percent (None where
+    missing) from mmdet's CocoMetric keys (fractions) or detectron2's (``d2/<task>/<key>``,
+    percent)."""
+    out = {}
+
+    def val(mm_key, d2_key):
+        if mm_key in metrics:
+            v = metrics[mm_key]
+            return None if v is None or float(v) < 0 else 100.0 * float(v)
+        v = metrics.get(f"d2/{d2_key[0]}/{d2_key[1]}")
+        return None if v is None or not math.isfinite(float(v)) else float(v)
+
+    for name, (mm_key, d2_key) in _DET_KEYS.items():
+        out[name] = val(mm_key, d2_key)
+    for c in classes:  # per-class box AP (all IoU thresholds); see run_mmdet for the mmdet key
+        out[f"bbox AP {c}"] = val(f"coco/{c}_precision", ("bbox", f"AP-{c}"))
+    return out
+
+
+def format_results(summary: dict) -> list:
+    """The result lines the demo prints (rounded as the frameworks print them)."""
+    lines = []
+    seg = summary.get("segmentation")
+    if seg:
+        per_class = "  ".join(f"{k} {_pct(v)}" for k, v in (seg.get("IoU") or {}).items())
+        lines.append(f"segmentation  UPerNet-DiNAT-{summary['variant']} (mmseg), {seg['iters']} iters in "
+                     f"{_fmt_time(seg['time_s'])}: mIoU {_pct(seg.get('mIoU'))}  aAcc "
+                     f"{_pct(seg.get('aAcc'))}  (majority-class baseline '{seg['majority_class']}': "
+                     f"mIoU {_pct(seg.get('majority_baseline_mIoU'))})"
+                     + (f"\n              IoU per class: {per_class}" if per_class else ""))
+    det = summary.get("detection")
+    if det:
+        ap = det.get("AP") or {}
+        per_class = "  ".join(f"{k[len('bbox AP '):]} {_pct(v)}" for k, v in ap.items()
+                              if k.startswith("bbox AP ") and k[len("bbox AP "):] not in ("50", "75"))
+        lines.append(f"detection     Mask R-CNN-DiNAT-{summary['variant']} ({summary['framework']}), "
+                     f"{det['iters']} iters in {_fmt_time(det['time_s'])}: bbox AP "
+                     f"{_pct(ap.get('bbox AP'))}  AP50 {_pct(ap.get('bbox AP50'))}  mask AP "
+                     f"{_pct(ap.get('mask AP'))}  AP50 {_pct(ap.get('mask AP50'))}"
+                     + (f"\n              bbox AP per class: {per_class}" if per_class else ""))
+    return lines
 
 
 def _require_mm(what: str) -> None:
@@ -150,6 +279,14 @@ def _require_mm(what: str) -> None:
             "(--skip-seg / --skip-det, --framework detectron2).") from None
 
 
+def _safe_mm_loading() -> None:
+    """mmengine's checkpoint loading (the warm start's init_cfg) through the project's safe
+    reader: no file is unpickled with code-running globals."""
+    from dinat_backbone.mmengine import patch_checkpoint_loader
+
+    patch_checkpoint_loader()
+
+
 def _backbone_fields(variant: str, size: int):
     from dinat_backbone import DinatConfig, derive_dilations
 
@@ -159,17 +296,49 @@ def _backbone_fields(variant: str, size: int):
     return dil, chans
 
 
+def _warmup_iters(iters: int) -> int:
+    return max(1, min(50, iters // 5))
+
+
+ETA_MIN_FACTOR = 0.01  # the cosine's floor, x the peak rate
+
+
 def _schedule(iters: int, lr: float, kind: str, span: float = 1.0):
     """Linear warm-up, then cosine (``span`` x ``iters`` long, cut at ``iters``) or linear decay."""
-    warm = max(1, min(50, iters // 5))
+    warm = _warmup_iters(iters)
     sched = [dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=warm)]
     if kind == "cosine":
         sched.append(dict(type="CosineAnnealingLR", T_max=max(1, round(span * iters) - warm),
-                          eta_min=lr * 0.01, by_epoch=False, begin=warm, end=iters))
+                          eta_min=lr * ETA_MIN_FACTOR, by_epoch=False, begin=warm, end=iters))
     else:
         sched.append(dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=warm,
                           end=iters))
     return sched
+
+
+def cosine_lr_factor(it: int, iters: int, span: float = 1.0) -> float:
+    """The detector's learning rate at iteration ``it`` as a multiple of the peak rate: what
+    mmengine's LinearLR + CosineAnnealingLR of :func:`_schedule` give (linear warm-up from 0.01
+    reaching 1 on its last iteration, then a cosine that would reach ETA_MIN_FACTOR after
+    ``span`` x ``iters`` iterations). The detectron2 path uses it directly."""
+    warm = _warmup_iters(iters)
+    if it < warm:
+        return 0.01 + 0.99 * it / max(1, warm - 1)
+    t_max = max(1, round(span * iters) - warm)
+    return ETA_MIN_FACTOR + (1 - ETA_MIN_FACTOR) * (1 + math.cos(math.pi * (it - warm) / t_max)) / 2
+
+
+def d2_lr_scheduler(optimizer, iters: int, span: float):
+    """detectron2's LRMultiplier following :func:`cosine_lr_factor`, so that ``--cosine-span`` means
+    the same on both paths (detectron2's WarmupCosineLR always anneals over SOLVER.MAX_ITER)."""
+    from detectron2.solver.lr_scheduler import LRMultiplier
+    from fvcore.common.param_scheduler import ParamScheduler
+
+    class _SpanCosine(ParamScheduler):
+        def __call__(self, where: float) -> float:  # where = iteration / iters
+            return cosine_lr_factor(int(round(where * iters)), iters, span)
+
+    return LRMultiplier(optimizer, multiplier=_SpanCosine(), max_iter=iters)
 
 
 def _common_overrides(cfg, args, iters, lr, work_dir, tag):
@@ -222,6 +391,7 @@ class _Recorder:
 # ---------------------------------------------------------------------------- segmentation
 def run_mmseg(args, ade, out_dir):
     _require_mm("mmseg")
+    _safe_mm_loading()
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -252,17 +422,24 @@ def run_mmseg(args, ade, out_dir):
           if k.startswith("backbone.")}
     torch.save(sd, backbone_file)
     png = osp.join(out_dir, "segmentation.png")
-    draw_segmentation(runner, ade, png)
+    per_class = draw_segmentation(runner, ade, png)
     return dict(metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu, checkpoint=ckpt,
-                backbone=backbone_file, work_dir=work, png=png, dilations=dil)
+                backbone=backbone_file, work_dir=work, png=png, dilations=dil, iou=per_class)
 
 
 def draw_segmentation(runner, ade, png, n=4):
+    """Draws the first ``n`` val images (image | ground truth | prediction) into ``png`` and
+    returns the IoU of every class in percent over the whole val set, computed with mmseg's
+    IoUMetric (the runner's evaluator logs it as a table but returns only the mean)."""
     import numpy as np
     import torch
+    from mmseg.evaluation import IoUMetric
     from PIL import Image, ImageDraw
 
     from dinat_backbone.demo_data import SEMANTIC_CLASSES
+
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = dict(classes=SEMANTIC_CLASSES)
 
     palette = np.array(runner.cfg.metainfo.palette if "metainfo" in runner.cfg else
                        [[120, 170, 255], [120, 90, 40], [220, 20, 60], [0, 200, 80], [250, 200, 30]],
@@ -273,9 +450,10 @@ def draw_segmentation(runner, ade, png, n=4):
     rows = []
     with torch.no_grad():
         for i, batch in enumerate(loader):
-            if i >= n:
-                break
             sample = model.test_step(batch)[0]
+            metric.process(batch, [sample.to_dict()])
+            if i >= n:
+                continue
             img = np.asarray(Image.open(sample.img_path).convert("RGB"))
             pred = sample.pred_sem_seg.data[0].cpu().numpy()
             gt = sample.gt_sem_seg.data[0].cpu().numpy()
@@ -296,11 +474,16 @@ def draw_segmentation(runner, ade, png, n=4):
     out.paste(header, (0, 0))
     out.paste(Image.fromarray(grid), (0, 40))
     out.save(png)
+    totals = [sum(r[k] for r in metric.results).double() for k in range(4)]
+    iou = IoUMetric.total_area_to_metrics(*totals, ["mIoU"])["IoU"]
+    return {c: (None if math.isnan(float(v)) else round(100.0 * float(v), 2))
+            for c, v in zip(SEMANTIC_CLASSES, iou)}
 
 
 # ------------------------------------------------------------------------------- detection
 def run_mmdet(args, coco, out_dir, warm_backbone=None):
     _require_mm("mmdet")
+    _safe_mm_loading()
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -316,6 +499,10 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
         cfg[dl].dataset.data_root = root
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = coco["val"]["ann_file"]
+        # per-class AP in the metrics: CocoMetric writes "<class>_precision" for each metric in
+        # turn, so the last one listed (bbox) is the one kept (tests/test_evaluation.py)
+        cfg[ev].classwise = True
+        cfg[ev].metric = ["segm", "bbox"]
     _set_resize(cfg, args.size)
     cfg.param_scheduler = _schedule(args.iters, args.lr, "cosine", args.cosine_span)
     work = osp.join(out_dir, "detector")
@@ -364,15 +551,24 @@ def draw_detections_mmdet(runner, coco, png, n=6, score_thr=0.3):
                 break
             s = model.test_step(batch)[0]
             p = s.pred_instances
-            keep = p.scores >= score_thr
-            if not bool(keep.any()):  # a weak model: show its 3 best guesses, with their scores
-                keep = torch.zeros_like(keep)
-                keep[p.scores.argsort(descending=True)[:3]] = True
+            keep = _shown(p.scores, score_thr)
             masks = p.masks[keep].cpu().numpy() if "masks" in p else None
             preds.append(dict(img_path=s.img_path, boxes=p.bboxes[keep].cpu().numpy(),
                               labels=p.labels[keep].cpu().numpy(), scores=p.scores[keep].cpu().numpy(),
                               masks=masks, img_id=s.img_id))
     draw_detection_grid(preds, coco, png, score_thr)
+
+
+def _shown(scores, score_thr):
+    """Which detections the picture shows: score >= score_thr, or for a weak model that has none
+    its 3 best guesses (drawn with their scores)."""
+    import torch
+
+    keep = scores >= score_thr
+    if not bool(keep.any()):
+        keep = torch.zeros_like(keep)
+        keep[scores.argsort(descending=True)[:3]] = True
+    return keep
 
 
 def draw_detection_grid(preds, coco, png, score_thr):
@@ -419,43 +615,250 @@ def draw_detection_grid(preds, coco, png, score_thr):
     out.save(png)
 
 
+D2_DIFFERENCES = """\
+The detectron2 path differs from the mmdet path that the README measures by default:
+  - the detector: detectron2's Mask R-CNN ({yaml}) instead of mmdet's
+    (configs/demo/mask-rcnn_dinat-mini_demo.py): the same backbone, FPN width, RoI-head sizes and
+    sampled RoIs, but each framework's own RPN / RoI heads and losses, anchors of 16-256 px on
+    P2-P6 (mmdet's: 32-512 px) and its proposal counts;
+  - data: detectron2's DatasetMapper (ResizeShortestEdge to {size} px, horizontal flip) on the same
+    demo COCO files, registered by dinat_backbone.detectron2.demo;
+  - evaluation: detectron2's COCOEvaluator (pycocotools' COCOeval, or detectron2's C++ port of it)
+    instead of mmdet's CocoMetric; AP is printed in percent by both;
+  - the same optimiser (AdamW, DiNAT's no-decay groups, gradient clipping 10), seed handling by
+    detectron2 (SEED), and the same learning-rate schedule: warm-up, then a cosine {span} x {iters}
+    iterations long cut at {iters} (a custom LRMultiplier: detectron2's WarmupCosineLR has no span);
+  - the README's figures are for the mmdet path; the detectron2 figures there are measured
+    separately."""
+
+
+def _load_train_net():
+    """tools/train_net.py as a module (its Trainer: DiNAT optimizer groups, COCOEvaluator,
+    DinatCheckpointer)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dinat_train_net", osp.join(ROOT, "tools", "train_net.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _d2_demo_api():
+    """(add_demo_config, register_demo_datasets_for) from dinat_backbone.detectron2.demo: the
+    demo dataset's config keys and its registration in detectron2's catalogs (explicit: the
+    adapter package does not register anything on import)."""
+    try:
+        from dinat_backbone.detectron2.demo import add_demo_config, register_demo_datasets_for
+    except ModuleNotFoundError as e:  # an adapter from before the demo module (a single file)
+        if e.name != "dinat_backbone.detectron2.demo":
+            raise
+        from dinat_backbone.detectron2 import register_demo_datasets_for
+
+        def add_demo_config(cfg):  # that adapter's add_dinat_config added the keys
+            pass
+    return add_demo_config, register_demo_datasets_for
+
+
+def d2_opts(args, coco, work, warm_backbone=None):
+    """The detectron2 config overrides for this run (KEY, VALUE, ... as merge_from_list takes)."""
+    opts = ["DATASETS.DINAT_DEMO.ROOT", coco["root"], "DATASETS.DINAT_DEMO.NUM_TRAIN", str(args.n_train),
+            "DATASETS.DINAT_DEMO.NUM_VAL", str(args.n_val), "DATASETS.DINAT_DEMO.IMAGE_SIZE", str(args.size),
+            "DATASETS.DINAT_DEMO.SEED", str(args.data_seed), "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
+            "INPUT.MAX_SIZE_TRAIN", str(args.size), "INPUT.MIN_SIZE_TEST", str(args.size),
+            "INPUT.MAX_SIZE_TEST", str(args.size), "MODEL.DINAT.VARIANT", args.variant,
+            "MODEL.DINAT.DILATIONS", str(args.size), "SOLVER.MAX_ITER", str(args.iters),
+            "SOLVER.WARMUP_ITERS", str(_warmup_iters(args.iters)),
+            "SOLVER.BASE_LR", str(args.lr), "SOLVER.IMS_PER_BATCH", str(args.batch_size),
+            "TEST.EVAL_PERIOD", str(args.val_interval or 0),
+            "MODEL.DEVICE", args.device, "OUTPUT_DIR", work, "SEED", str(args.seed),
+            "MODEL.WEIGHTS", warm_backbone or ""]
+    for key, value in args.det_cfg_pairs:
+        opts += [key, value]
+    return opts
+
+
 def run_detectron2(args, coco, out_dir, warm_backbone=None):
-    """detectron2's DefaultTrainer through tools/train_net.py with the demo YAML."""
+    """detectron2's DefaultTrainer (tools/train_net.py's Trainer) with the demo YAML, in this
+    process, with the demo's learning-rate schedule; then COCOEvaluator and detections.png."""
+    if not _d2_importable():
+        raise SystemExit("tools/demo.py --framework detectron2 needs detectron2 (README: detectron2 "
+                         "install notes); without it use --framework mmdet")
+    print(D2_DIFFERENCES.format(yaml=osp.relpath(D2_CONFIG, ROOT), size=args.size, span=args.cosine_span,
+                                iters=args.iters), flush=True)
+    from detectron2.config import get_cfg
+    from detectron2.engine import default_setup
+
+    from dinat_backbone.detectron2 import add_dinat_config
+
+    add_demo_config, register_demo_datasets_for = _d2_demo_api()
+    train_net = _load_train_net()
     work = osp.join(out_dir, "detector_d2")
-    cmd = [sys.executable, osp.join(ROOT, "tools", "train_net.py"), "--config-file", D2_CONFIG,
-           "DATASETS.DINAT_DEMO.ROOT", coco["root"], "DATASETS.DINAT_DEMO.NUM_TRAIN", str(args.n_train),
-           "DATASETS.DINAT_DEMO.NUM_VAL", str(args.n_val), "DATASETS.DINAT_DEMO.IMAGE_SIZE", str(args.size),
-           "DATASETS.DINAT_DEMO.SEED", str(args.seed), "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
-           "INPUT.MAX_SIZE_TRAIN", str(args.size), "INPUT.MIN_SIZE_TEST", str(args.size),
-           "INPUT.MAX_SIZE_TEST", str(args.size), "MODEL.DINAT.VARIANT", args.variant,
-           "MODEL.DINAT.DILATIONS", str(args.size), "SOLVER.MAX_ITER", str(args.iters),
-           "SOLVER.WARMUP_ITERS", str(max(1, min(50, args.iters // 5))),
-           "SOLVER.BASE_LR", str(args.lr), "SOLVER.IMS_PER_BATCH", str(args.batch_size),
-           "MODEL.DEVICE", args.device, "OUTPUT_DIR", work, "SEED", str(args.seed)]
-    if warm_backbone:
-        cmd += ["MODEL.WEIGHTS", warm_backbone]
-    if args.cosine_span != 1.0:
-        print(f"note: detectron2's WarmupCosineLR anneals over SOLVER.MAX_ITER; --cosine-span "
-              f"{args.cosine_span} applies to the mmdet path only", flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True)
-    elapsed = time.time() - t0
-    metrics = {}
+    opts = d2_opts(args, coco, work, warm_backbone)
+    if hasattr(train_net, "build_cfg"):  # detectron2's keys + MODEL.DINAT + the tool's own
+        cfg = train_net.build_cfg()
+    else:
+        cfg = get_cfg()
+        add_dinat_config(cfg)
+    add_demo_config(cfg)
+    cfg.merge_from_file(D2_CONFIG)
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    default_setup(cfg, argparse.Namespace(config_file=D2_CONFIG, opts=opts, eval_only=False))
+    register_demo_datasets_for(cfg)
+    iters, span = args.iters, args.cosine_span
+
+    class DemoTrainer(train_net.Trainer):
+        @classmethod
+        def build_lr_scheduler(cls, cfg, optimizer):
+            return d2_lr_scheduler(optimizer, iters, span)
+
+    trainer = DemoTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    t0, c0 = time.time(), time.process_time()
+    trainer.train()
+    elapsed, cpu = time.time() - t0, time.process_time() - c0
+    results = getattr(trainer, "_last_eval_results", None) or {}
+    metrics = {f"d2/{task}/{k}": v for task, res in results.items() for k, v in res.items()}
+    history = []
     mfile = osp.join(work, "metrics.json")
     if osp.isfile(mfile):  # detectron2's JSONWriter: one JSON object per line
         with open(mfile) as f:
             for line in f:
                 rec = json.loads(line)
-                # detectron2 reports AP in percent; here as a fraction, like mmdet's CocoMetric
-                metrics.update({f"d2/{k}": v / 100.0 for k, v in rec.items()
-                                if k.startswith(("bbox/", "segm/")) and isinstance(v, (int, float))})
-    return dict(metrics=metrics, history=[], time_s=elapsed, work_dir=work, png=None,
-                checkpoint=osp.join(work, "model_final.pth"))
+                ev = {f"d2/{k}": v for k, v in rec.items() if k.startswith(("bbox/", "segm/"))}
+                if ev:
+                    history.append((rec.get("iteration", -1) + 1, ev))
+    png = osp.join(out_dir, "detections.png")
+    draw_detections_d2(trainer.model, cfg, coco, png)
+    return dict(metrics=metrics, history=history, time_s=elapsed, cpu_s=cpu, work_dir=work, png=png,
+                checkpoint=osp.join(work, "model_final.pth"), dilations=cfg.MODEL.DINAT.DILATIONS)
+
+
+def draw_detections_d2(model, cfg, coco, png, n=6, score_thr=0.3):
+    """The same picture as the mmdet path (draw_detection_grid), from detectron2's model run the
+    way DefaultPredictor runs it (read_image in INPUT.FORMAT, ResizeShortestEdge, CHW float)."""
+    import torch
+    from detectron2.data import detection_utils
+    from detectron2.data import transforms as T
+
+    with open(coco["val"]["ann_file"]) as f:
+        images = json.load(f)["images"][:n]
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for im in images:
+            path = osp.join(coco["val"]["img_dir"], im["file_name"])
+            img = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+            h, w = img.shape[:2]
+            x = aug.get_transform(img).apply_image(img)
+            x = torch.as_tensor(x.astype("float32").transpose(2, 0, 1))
+            inst = model([{"image": x, "height": h, "width": w}])[0]["instances"].to("cpu")
+            keep = _shown(inst.scores, score_thr)
+            masks = inst.pred_masks[keep].numpy() if inst.has("pred_masks") else None
+            preds.append(dict(img_path=path, boxes=inst.pred_boxes.tensor[keep].numpy(),
+                              labels=inst.pred_classes[keep].numpy(), scores=inst.scores[keep].numpy(),
+                              masks=masks, img_id=im["id"]))
+    draw_detection_grid(preds, coco, png, score_thr)
+
+
+# ---------------------------------------------------------------------------- --seeds N
+def summary_metrics(summary: dict) -> dict:
+    """One run's summary.json -> {metric name: value or None} for the repeat table (percent,
+    minutes)."""
+    out = {}
+    seg = summary.get("segmentation")
+    if seg:
+        out["mIoU"] = seg.get("mIoU")
+        for c, v in (seg.get("IoU") or {}).items():
+            out[f"IoU {c}"] = v
+    det = summary.get("detection")
+    if det:
+        out.update(det.get("AP") or {})
+    if summary.get("total_time_s") is not None:
+        out["wall min"] = summary["total_time_s"] / 60.0
+    return out
+
+
+def aggregate(rows: list) -> dict:
+    """[{metric: value or None}, ...] (one dict per run) -> {metric: dict(mean, min, max, n)} over
+    the runs that have a number for it (n of them); metrics in first-seen order."""
+    names = []
+    for r in rows:
+        names += [k for k in r if k not in names]
+    out = {}
+    for k in names:
+        vals = [float(r[k]) for r in rows if r.get(k) is not None and math.isfinite(float(r[k]))]
+        out[k] = (dict(mean=sum(vals) / len(vals), min=min(vals), max=max(vals), n=len(vals))
+                  if vals else dict(mean=None, min=None, max=None, n=0))
+    return out
+
+
+def format_table(seeds: list, rows: list, agg: dict) -> str:
+    """The repeat table: one row per seed, then mean and min-max; one column per metric."""
+    names = list(agg)
+    cell = lambda v: _pct(v)  # noqa: E731  (one decimal, "n/a" when missing)
+    table = [["seed"] + names]
+    table += [[str(sd)] + [cell(r.get(k)) for k in names] for sd, r in zip(seeds, rows)]
+    table.append(["mean"] + [cell(agg[k]["mean"]) for k in names])
+    table.append(["min-max"] + [f"{cell(agg[k]['min'])}-{cell(agg[k]['max'])}" for k in names])
+    widths = [max(len(row[j]) for row in table) for j in range(len(names) + 1)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 2, lines[1])
+    return "\n".join(lines)
+
+
+def _argv_without(argv, names_with_value, names_flag=()):
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if name in names_with_value:
+            skip = "=" not in tok
+            continue
+        if name in names_flag:
+            continue
+        out.append(tok)
+    return out
+
+
+def run_repeats(args, argv) -> dict:
+    """``--seeds N``: N full runs (own processes, training seeds --seed + i), then the table."""
+    out_dir = osp.abspath(args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    base = _argv_without(argv, ("--seeds", "--seed", "--out"))
+    seeds = [args.seed + i for i in range(args.seeds)]
+    rows, runs = [], []
+    t0 = time.time()
+    for k, sd in enumerate(seeds):
+        run_out = osp.join(out_dir, f"seed_{sd}")
+        _banner(f"--seeds {args.seeds}: run {k + 1}/{args.seeds}, seed {sd}, outputs in {run_out}")
+        cmd = [sys.executable, osp.abspath(__file__), *base, "--seed", str(sd), "--out", run_out]
+        subprocess.run(cmd, check=True)
+        with open(osp.join(run_out, "summary.json")) as f:
+            summary = json.load(f)
+        rows.append(summary_metrics(summary))
+        runs.append(dict(seed=sd, out=run_out, metrics=rows[-1]))
+    agg = aggregate(rows)
+    table = format_table(seeds, rows, agg)
+    _banner(f"DiNAT demo: {args.seeds} seeds ({_fmt_time(time.time() - t0)} in all); metrics in "
+            "percent, wall time in minutes")
+    print(table, flush=True)
+    result = dict(command=[osp.relpath(__file__, ROOT), *argv], seeds=seeds, runs=runs, aggregate=agg)
+    write_json(osp.join(out_dir, "repeat.json"), result)
+    print(f"per-run outputs in {out_dir}/seed_*/, the table's numbers in {osp.join(out_dir, 'repeat.json')}")
+    return result
 
 
 # ------------------------------------------------------------------------------------ main
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.seeds is not None:
+        return run_repeats(args, argv)
     t_start = time.time()
     if args.device is None:
         import torch
@@ -476,26 +879,28 @@ def main(argv=None):
             f"detector: {framework}; device: {args.device}, {torch.get_num_threads()} threads")
     t0 = time.time()
     coco = demo_data.make_coco_instances(osp.join(args.data, "coco"), args.n_train, args.n_val,
-                                         size=args.size, seed=args.seed)
+                                         size=args.size, seed=args.data_seed)
     ade = demo_data.make_ade_semantic(osp.join(args.data, "ade"), args.n_train, args.n_val,
-                                      size=args.size, seed=args.seed)
+                                      size=args.size, seed=args.data_seed)
     print(f"demo data ready in {time.time() - t0:.1f} s: {coco['root']} "
           f"({coco['train']['num_instances']} train / {coco['val']['num_instances']} val instances), "
           f"{ade['root']}", flush=True)
     summary = dict(framework=framework, variant=args.variant, device=args.device,
-                   threads=torch.get_num_threads(), size=args.size, data=osp.abspath(args.data))
+                   threads=torch.get_num_threads(), size=args.size, seed=args.seed,
+                   data_seed=args.data_seed, data=osp.abspath(args.data),
+                   command=[osp.relpath(osp.abspath(__file__), ROOT), *argv])
     seg = det = None
     if not args.skip_seg:
         _banner(f"1/2 UPerNet-DiNAT-{args.variant} (mmseg) on {ade['root']}: "
                 f"{args.seg_iters} iterations, batch {args.batch_size}")
         seg = run_mmseg(args, ade, out_dir)
         base = demo_data.semantic_majority_baseline(ade["validation"]["ann_dir"])
-        seg["baseline"] = base
         summary["segmentation"] = dict(
-            iters=args.seg_iters, time_s=round(seg["time_s"], 1), cpu_s=round(seg["cpu_s"], 1), mIoU=seg["metrics"].get("mIoU"),
-            aAcc=seg["metrics"].get("aAcc"), majority_baseline_mIoU=round(100 * base["mIoU"], 2),
-            majority_class=base["name"], history=seg["history"], png=seg["png"],
-            checkpoint=seg["checkpoint"], dilations=seg["dilations"])
+            iters=args.seg_iters, time_s=round(seg["time_s"], 1), cpu_s=round(seg["cpu_s"], 1),
+            mIoU=seg["metrics"].get("mIoU"), aAcc=seg["metrics"].get("aAcc"), IoU=seg["iou"],
+            majority_baseline_mIoU=round(100 * base["mIoU"], 2), majority_class=base["name"],
+            history=seg["history"], png=seg["png"], checkpoint=seg["checkpoint"],
+            dilations=seg["dilations"])
     if not args.skip_det:
         if args.warm_start == "segmenter":
             warm = seg["backbone"] if seg else None
@@ -509,32 +914,19 @@ def main(argv=None):
         else:
             det = run_mmdet(args, coco, out_dir, warm)
         summary["detection"] = dict(iters=args.iters, cosine_span=args.cosine_span,
-                                    time_s=round(det["time_s"], 1),
-                                    cpu_s=round(det.get("cpu_s", float("nan")), 1),
+                                    time_s=round(det["time_s"], 1), cpu_s=round(det["cpu_s"], 1),
                                     warm_start=(args.warm_start if args.warm_start in ("segmenter", "none")
                                                 else warm) if warm else "none",
+                                    AP=detection_ap(det["metrics"], coco["classes"]),
                                     metrics=det["metrics"], history=det["history"],
                                     png=det["png"], checkpoint=det["checkpoint"],
                                     dilations=det.get("dilations"))
     summary["total_time_s"] = round(time.time() - t_start, 1)
     summary["total_cpu_s"] = round(time.process_time(), 1)  # this process; cf. wall on a busy machine
     summary["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    with open(osp.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-    _banner("DiNAT demo: results")
-    if seg:
-        m = seg["metrics"]
-        print(f"segmentation  UPerNet-DiNAT-{args.variant} (mmseg), {args.seg_iters} iters in "
-              f"{_fmt_time(seg['time_s'])}: mIoU {m.get('mIoU')}  aAcc {m.get('aAcc')}  "
-              f"(majority-class baseline '{seg['baseline']['name']}': mIoU "
-              f"{100 * seg['baseline']['mIoU']:.2f})")
-    if det:
-        m = det["metrics"]
-        get = lambda *ks: next((m[k] for k in ks if k in m), None)  # noqa: E731
-        print(f"detection     Mask R-CNN-DiNAT-{args.variant} ({framework}), {args.iters} iters in "
-              f"{_fmt_time(det['time_s'])}: bbox AP {get('coco/bbox_mAP', 'd2/bbox/AP')}  "
-              f"AP50 {get('coco/bbox_mAP_50', 'd2/bbox/AP50')}  mask AP "
-              f"{get('coco/segm_mAP', 'd2/segm/AP')}  AP50 {get('coco/segm_mAP_50', 'd2/segm/AP50')}")
+    write_json(osp.join(out_dir, "summary.json"), summary)
+    _banner("DiNAT demo: results (AP and IoU in percent)")
+    print("\n".join(format_results(summary)))
     print("files:")
     for label, path in (("detections  ", det and det.get("png")), ("segmentation", seg and seg["png"]),
                         ("detector    ", det and det["work_dir"]), ("segmenter   ", seg and seg["work_dir"]),
