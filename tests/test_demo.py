@@ -331,7 +331,12 @@ def test_demo_detectron2_path_end_to_end_tiny(tmp_path):
         assert im.size[1] == 2 * 96 and im.size[0] > 2 * 96
     demo = _demo_module()
     with open(out / "detector_d2" / "metrics.json") as f:
-        last = [json.loads(line) for line in f][-1]
+        last = [rec for rec in map(json.loads, f) if "lr" in rec][-1]
+    assert last["iteration"] == iters - 1
+    assert s["detection"]["history"][-1][0] == iters  # the evaluation after the last iteration
+    from dinat_backbone import derive_dilations
+
+    assert s["detection"]["dilations"] == derive_dilations(96)
     assert last["lr"] == pytest.approx(1e-3 * demo.cosine_lr_factor(iters - 1, iters, span), rel=1e-6)
     sd = __import__("torch").load(s["detection"]["checkpoint"], map_location="cpu", weights_only=False)["model"]
     assert sd["roi_heads.box_head.fc1.weight"].shape[0] == 48  # --det-cfg-options reached detectron2

@@ -726,12 +726,14 @@ def run_detectron2(args, coco, out_dir, warm_backbone=None):
             for line in f:
                 rec = json.loads(line)
                 ev = {f"d2/{k}": v for k, v in rec.items() if k.startswith(("bbox/", "segm/"))}
-                if ev:
-                    history.append((rec.get("iteration", -1) + 1, ev))
+                if ev:  # an evaluation during training is logged at iteration it (after it + 1
+                    # iterations), the final one after training at iters
+                    history.append((min(rec.get("iteration", iters - 1) + 1, iters), ev))
     png = osp.join(out_dir, "detections.png")
     draw_detections_d2(trainer.model, cfg, coco, png)
     return dict(metrics=metrics, history=history, time_s=elapsed, cpu_s=cpu, work_dir=work, png=png,
-                checkpoint=osp.join(work, "model_final.pth"), dilations=cfg.MODEL.DINAT.DILATIONS)
+                checkpoint=osp.join(work, "model_final.pth"),
+                dilations=_backbone_fields(args.variant, args.size)[0])  # MODEL.DINAT.DILATIONS = size
 
 
 def draw_detections_d2(model, cfg, coco, png, n=6, score_thr=0.3):
