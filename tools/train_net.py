@@ -7,20 +7,33 @@
     python tools/train_net.py --num-gpus 8 \\
         --config-file configs/detectron2/mask_rcnn_dinat_tiny_fpn_3x.yaml \\
         MODEL.WEIGHTS /path/to/dinat_tiny_in1k_224.pth
-    # evaluate a trained model; resume an interrupted run
+    # evaluate a trained model (+ test-time augmentation); resume an interrupted run
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
     python tools/train_net.py --config-file CFG --resume
+    # 2 processes on CPUs (gloo), or 2 "machines" on one host (run both commands)
+    python tools/train_net.py --num-gpus 2 --config-file CFG
+    python tools/train_net.py --num-gpus 1 --num-machines 2 --machine-rank 0 \
+        --dist-url tcp://127.0.0.1:29500 --config-file CFG   # and --machine-rank 1
 
-Multi-GPU / multi-machine runs go through ``detectron2.engine.launch`` (``--num-gpus``,
-``--num-machines``, ``--machine-rank``, ``--dist-url``). ``MODEL.WEIGHTS`` may be a detectron2
+Multi-GPU / multi-machine runs go through ``detectron2.engine.launch`` (``--num-gpus``: processes
+per machine, GPUs or, without CUDA, CPU processes over gloo; ``--num-machines``,
+``--machine-rank``, ``--dist-url``). ``SOLVER.IMS_PER_BATCH`` is the total batch over all
+processes. ``TEST.AUG.ENABLED`` adds detectron2's GeneralizedRCNNWithTTA evaluation (results
+"bbox_TTA", "segm_TTA"). ``MODEL.WEIGHTS`` may be a detectron2
 checkpoint or a released DiNAT checkpoint (the authors' ``.pth``, transformers, converted files):
-see ``dinat_backbone.detectron2.DinatCheckpointer``. Datasets named ``dinat_demo_coco_{train,val}``
-are generated (``DATASETS.DINAT_DEMO``) and registered on the fly.
+see ``dinat_backbone.detectron2.DinatCheckpointer``, which reads every file without running code
+(a pickle that needs code to load is refused, with how to convert a trusted one). Datasets named
+``dinat_demo_coco_{train,val}`` are generated (``DATASETS.DINAT_DEMO``) and registered on the fly.
+
+Config keys this tool adds beside detectron2's and ``MODEL.DINAT.*``: ``SOLVER.OPTIMIZER``
+("ADAMW" or "SGD") and ``DATASETS.DINAT_DEMO.*`` (the demo data).
 """
 import logging
 import os
 import sys
 import weakref
+from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,14 +55,16 @@ from detectron2.engine import (  # noqa: E402
     launch,
 )
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results  # noqa: E402
+from detectron2.modeling import GeneralizedRCNNWithTTA  # noqa: E402
 from detectron2.solver.build import maybe_add_gradient_clipping  # noqa: E402
 
 from dinat_backbone.detectron2 import (  # noqa: E402
     DinatCheckpointer,
     add_dinat_config,
     build_dinat_optimizer_params,
-    register_demo_datasets_for,
 )
+from dinat_backbone.detectron2.ddp import cpu_ddp  # noqa: E402
+from dinat_backbone.detectron2.demo import add_demo_config, register_demo_datasets_for  # noqa: E402
 
 logger = logging.getLogger("dinat_backbone.train_net")
 
@@ -67,12 +82,21 @@ def _full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
     return FullModelGradientClipping
 
 
+def build_cfg():
+    """detectron2's default config + ``MODEL.DINAT.*`` + this tool's keys (module docstring)."""
+    cfg = get_cfg()
+    add_dinat_config(cfg)
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    add_demo_config(cfg)
+    return cfg
+
+
 def build_optimizer(cfg, model):
     """AdamW (or SGD) over DiNAT's parameter groups (no weight decay on norms / RPB tables),
     with gradient clipping: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` "full_model" clips the global
     norm; "value" / "norm" are detectron2's per-parameter clippers."""
     params = build_dinat_optimizer_params(cfg, model)
-    name = str(cfg.SOLVER.get("OPTIMIZER", "ADAMW")).upper()
+    name = str(cfg.SOLVER.OPTIMIZER).upper()
     if name == "ADAMW":
         cls, kwargs = torch.optim.AdamW, dict(lr=cfg.SOLVER.BASE_LR, betas=(0.9, 0.999))
     elif name == "SGD":
@@ -96,7 +120,8 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer + DiNAT's optimizer groups, COCO evaluation and DinatCheckpointer."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        with cpu_ddp(cfg):  # several processes on CPUs: DDP without device_ids
+            super().__init__(cfg)
         checkpointer = DinatCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
                                          trainer=weakref.proxy(self))
         for h in self._hooks:
@@ -118,10 +143,23 @@ class Trainer(DefaultTrainer):
                              "tools/train_net.py evaluates COCO-style datasets (COCOEvaluator)")
         return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """detectron2's test-time augmentation (GeneralizedRCNNWithTTA: the sizes of
+        ``TEST.AUG.MIN_SIZES`` up to ``TEST.AUG.MAX_SIZE``, plus horizontal flips with
+        ``TEST.AUG.FLIP``), evaluated into OUTPUT_DIR/inference_TTA; results keyed
+        "<task>_TTA" (bbox_TTA, segm_TTA)."""
+        logging.getLogger(__name__).info("Running inference with test-time augmentation ...")
+        tta = GeneralizedRCNNWithTTA(cfg, model)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=folder)
+                      for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, tta, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())
+
 
 def setup(args):
-    cfg = get_cfg()
-    add_dinat_config(cfg)
+    cfg = build_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if getattr(args, "amp", None) is not None:
@@ -144,15 +182,32 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DinatCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        _load(DinatCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS, args.resume)
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    _load(trainer, None, args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(
+            0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
+
+
+def _load(loader, weights, resume: bool) -> None:
+    """``resume_or_load`` of a checkpointer (``weights`` = MODEL.WEIGHTS) or of the trainer; a
+    file that cannot be loaded (refused as unsafe, unreadable, another model's) ends the run with
+    the loader's message instead of a traceback."""
+    try:
+        if weights is None:
+            loader.resume_or_load(resume=resume)
+        else:
+            loader.resume_or_load(weights, resume=resume)
+    except ValueError as e:
+        sys.exit(f"tools/train_net.py: cannot load the checkpoint: {e}")
 
 
 def get_parser():

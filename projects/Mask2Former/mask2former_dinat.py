@@ -4,15 +4,22 @@ Mask2Former is a project folder, not a package: its ``mask2former`` package and 
 sit at the root of a git checkout. This module finds that checkout, makes ``mask2former``
 importable, registers DiNAT (``import dinat_backbone.detectron2`` registers ``D2DiNAT`` in
 detectron2's BACKBONE_REGISTRY, which Mask2Former's ``build_backbone`` reads) and loads
-Mask2Former's own ``train_net.py`` with three changes:
+Mask2Former's own ``train_net.py`` with these changes:
 
 * its config gets ``MODEL.DINAT.*`` (``add_dinat_config``) next to ``add_maskformer2_config``;
 * checkpoints load through ``DinatCheckpointer``, so ``MODEL.WEIGHTS`` may be a released DiNAT
   ImageNet checkpoint (``.pth``, transformers, converted) as well as a Mask2Former checkpoint;
-* the relative position bias tables (``*.rpb``) get ``SOLVER.WEIGHT_DECAY_RPB`` (0.0) as the
-  authors' recipe (Mask2Former only exempts Swin's ``relative_position_bias_table``);
+* DiNAT's no-weight-decay parameters (``dinat_backbone.backbone.is_no_weight_decay``: the
+  relative position bias tables ``*.rpb`` and the norms) get weight decay 0, as the authors'
+  recipe (Mask2Former only exempts Swin's ``relative_position_bias_table``);
 * datasets named ``dinat_demo_coco_{train,val}`` (the synthetic demo data) are generated and
-  registered when a config names them.
+  registered when a config names them (``DATASETS.DINAT_DEMO.*``);
+* ``--num-gpus N`` without CUDA trains N CPU processes over gloo
+  (``dinat_backbone.detectron2.ddp.cpu_ddp``).
+
+Mask2Former's own requirements (its ``requirements.txt``: timm, scipy, ...) are checked before it
+is imported; a missing one raises an ImportError naming it and the command that installs them all
+(``pip install -e '.[mask2former]'`` from the dinat-backbone checkout).
 
 Where the checkout is, in this order: the ``root`` argument (``--mask2former-root``), the
 environment variable ``MASK2FORMER_ROOT``, an entry of ``sys.path`` / ``PYTHONPATH`` holding
@@ -30,12 +37,17 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import types
-from typing import Optional
+from typing import List, Optional
 
 ENV_VAR = "MASK2FORMER_ROOT"
 _MSDA = "MultiScaleDeformableAttention"
+INSTALL_EXTRA = "pip install -e '.[mask2former]'"
+# requirement name -> module name, where they differ
+_MODULE_OF = {"cython": "Cython", "scikit-image": "skimage", "opencv-python": "cv2",
+              "pillow": "PIL", "pyyaml": "yaml"}
 logger = logging.getLogger(__name__)
 
 
@@ -90,12 +102,50 @@ def _install_msda_placeholder() -> None:
     sys.modules[_MSDA] = mod
 
 
+def _requirements(root: str) -> List[str]:
+    """Requirement names in ``<root>/requirements.txt`` (Mask2Former's own list)."""
+    path = os.path.join(root, "requirements.txt")
+    if not os.path.isfile(path):
+        return []
+    names = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line and not line.startswith(("-", "git+", "http")):
+                names.append(re.split(r"[<>=!~\[;@ ]", line, maxsplit=1)[0].strip())
+    return names
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_requirements(root: Optional[str] = None) -> None:
+    """Raise an ImportError naming every missing requirement of Mask2Former (its
+    requirements.txt) and how to install them."""
+    root = find_mask2former_root(root)
+    wanted = _requirements(root)
+    missing = [r for r in wanted if not _importable(_MODULE_OF.get(r.lower(), r))]
+    if missing:
+        raise ImportError(
+            f"Mask2Former ({root}) needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed (its requirements.txt: "
+            f"{' '.join(wanted)}). Install them with {INSTALL_EXTRA} from the dinat-backbone "
+            f"checkout, or pip install -r {os.path.join(root, 'requirements.txt')}.")
+
+
 def import_mask2former(root: Optional[str] = None, use_msda_fallback: bool = True):
     """Make the checkout importable, register D2DiNAT and return the ``mask2former`` package."""
-    import dinat_backbone.detectron2  # noqa: F401  (registers D2DiNAT; raises if no detectron2)
+    from dinat_backbone.detectron2 import require_detectron2
 
-    dinat_backbone.detectron2._require_detectron2()
+    require_detectron2()  # and importing dinat_backbone.detectron2 registered D2DiNAT
     root = find_mask2former_root(root)
+    check_requirements(root)
     if root not in sys.path:
         sys.path.insert(0, root)
     if getattr(sys.modules.get(_MSDA), "_dinat_placeholder", False):
@@ -117,20 +167,30 @@ def get_cfg(root: Optional[str] = None):
     from detectron2.config import get_cfg as d2_get_cfg
     from detectron2.projects.deeplab import add_deeplab_config
 
-    from dinat_backbone.detectron2 import add_dinat_config
-
     cfg = d2_get_cfg()
     add_deeplab_config(cfg)
     m2f.add_maskformer2_config(cfg)
-    add_dinat_config(cfg)
+    _add_dinat_keys(cfg)
     return cfg
+
+
+def _add_dinat_keys(cfg) -> None:
+    """``MODEL.DINAT.*`` and the demo data's ``DATASETS.DINAT_DEMO.*``."""
+    from dinat_backbone.detectron2 import add_dinat_config
+    from dinat_backbone.detectron2.demo import add_demo_config
+
+    add_dinat_config(cfg)
+    add_demo_config(cfg)
 
 
 def load_train_net(root: Optional[str] = None):
     """Mask2Former's ``train_net.py`` as a module, with the changes of the module docstring."""
     import weakref
 
-    from dinat_backbone.detectron2 import DinatCheckpointer, add_dinat_config
+    from dinat_backbone.detectron2 import DinatCheckpointer
+    from dinat_backbone.detectron2.ddp import cpu_ddp
+    from dinat_backbone.detectron2.demo import register_demo_datasets_for
+    from dinat_backbone.detectron2.optim import apply_no_weight_decay
 
     import_mask2former(root)
     root = find_mask2former_root(root)
@@ -145,14 +205,12 @@ def load_train_net(root: Optional[str] = None):
 
     def add_maskformer2_and_dinat_config(cfg):
         original_add(cfg)
-        add_dinat_config(cfg)
+        _add_dinat_keys(cfg)
 
     mod.add_maskformer2_config = add_maskformer2_and_dinat_config
     original_setup = mod.setup
 
     def setup(args):  # + the synthetic demo datasets (dinat_demo_coco_*), when a config names them
-        from dinat_backbone.detectron2 import register_demo_datasets_for
-
         cfg = original_setup(args)
         register_demo_datasets_for(cfg)
         return cfg
@@ -162,10 +220,11 @@ def load_train_net(root: Optional[str] = None):
     base = mod.Trainer
 
     class Trainer(base):
-        """Mask2Former's Trainer + DinatCheckpointer + no weight decay on the RPB tables."""
+        """Mask2Former's Trainer + DinatCheckpointer + DiNAT's no-weight-decay parameters."""
 
         def __init__(self, cfg):
-            super().__init__(cfg)
+            with cpu_ddp(cfg):  # several processes on CPUs: DDP without device_ids
+                super().__init__(cfg)
             from detectron2.engine import hooks
 
             ck = DinatCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
@@ -178,11 +237,7 @@ def load_train_net(root: Optional[str] = None):
         @classmethod
         def build_optimizer(cls, cfg, model):
             optimizer = super().build_optimizer(cfg, model)
-            rpb = {id(p) for n, p in model.named_parameters() if n.endswith(".rpb")}
-            wd = cfg.SOLVER.get("WEIGHT_DECAY_RPB", 0.0)
-            for group in optimizer.param_groups:
-                if group["params"] and all(id(p) in rpb for p in group["params"]):
-                    group["weight_decay"] = wd
+            apply_no_weight_decay(optimizer, model)
             return optimizer
 
     mod.Trainer = Trainer

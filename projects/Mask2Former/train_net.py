@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Run Mask2Former's own train_net.py with the DiNAT backbone (MODEL.BACKBONE.NAME "D2DiNAT").
 
+    CFGS=projects/Mask2Former/configs
     python projects/Mask2Former/train_net.py --mask2former-root /path/to/Mask2Former \\
         --num-gpus 8 --config-file \\
-        projects/Mask2Former/configs/coco/panoptic-segmentation/maskformer2_dinat_large_IN21k_384_bs16_100ep.yaml \\
+        $CFGS/coco/panoptic-segmentation/maskformer2_dinat_large_IN21k_384_bs16_100ep.yaml \\
         MODEL.WEIGHTS /path/to/dinat_large_in22k_in1k_384_11x11.pth
 
 Every other argument is Mask2Former's (detectron2's ``default_argument_parser``: --config-file,
@@ -22,8 +23,15 @@ import mask2former_dinat  # noqa: E402
 
 
 def worker_main(args):
-    """Runs in every process (detectron2's launch spawns one per GPU): Mask2Former's main."""
-    return mask2former_dinat.load_train_net(args.mask2former_root).main(args)
+    """Runs in every process (detectron2's launch spawns one per GPU): Mask2Former's main. A
+    checkpoint refused as unsafe (a pickle that needs to run code) ends the run with the
+    refusal's message instead of a traceback."""
+    from dinat_backbone.weights import UnsafeCheckpointError
+
+    try:
+        return mask2former_dinat.load_train_net(args.mask2former_root).main(args)
+    except UnsafeCheckpointError as e:
+        sys.exit(f"projects/Mask2Former/train_net.py: {e}")
 
 
 def main():
@@ -31,7 +39,7 @@ def main():
     pre.add_argument("--mask2former-root", default=None)
     known, rest = pre.parse_known_args()
     try:
-        train_net = mask2former_dinat.load_train_net(known.mask2former_root)
+        mask2former_dinat.load_train_net(known.mask2former_root)  # fail early, before launch
     except (FileNotFoundError, ImportError) as e:
         sys.exit(f"projects/Mask2Former/train_net.py: {e}")
     from detectron2.engine import default_argument_parser, launch

@@ -7,9 +7,11 @@ Train with detectron2's tools/lazyconfig_train_net.py (from a detectron2 checkou
         --config-file configs/detectron2/lazy/mask_rcnn_dinat_mini_fpn_3x.py \\
         train.init_checkpoint=/path/to/dinat_mini_in1k_224.pth
 
-(importing this file registers DiNAT; ``train.init_checkpoint`` goes through detectron2's
-DetectionCheckpointer, so give it a detectron2-format file: convert a released checkpoint with
-tools/convert_weights.py SRC DST.pkl --to detectron2).
+(importing this file registers DiNAT; ``train.init_checkpoint`` goes through detectron2's own
+DetectionCheckpointer, not this project's, so give it a detectron2-format ``.pth``: convert a
+released checkpoint with tools/convert_weights.py SRC DST.pth --to detectron2. detectron2 reads a
+``.pth`` with torch's weights-only loader, but a ``.pkl`` with plain pickle, which runs any code
+the file holds; tools/train_net.py's DinatCheckpointer reads both safely).
 """
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
@@ -18,7 +20,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.solver import WarmupParamScheduler
 
-from dinat_backbone.detectron2 import D2DiNAT
+from dinat_backbone.detectron2 import D2DiNAT, get_dinat_optimizer_params
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
@@ -49,11 +51,11 @@ dataloader.train.mapper.augmentations = [
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.total_batch_size = 16
 
-# AdamW lr 1e-4, weight decay 0.05; none on normalisation layers and on the RPB tables
+# AdamW lr 1e-4, weight decay 0.05; none on normalisation layers and on DiNAT's RPB tables
+# (get_dinat_optimizer_params: detectron2's groups + the core's is_no_weight_decay)
+optimizer.params = L(get_dinat_optimizer_params)(base_lr="${..lr}", weight_decay_norm=0.0)
 optimizer.lr = 1e-4
 optimizer.weight_decay = 0.05
-optimizer.params.weight_decay_norm = 0.0
-optimizer.params.overrides = {"rpb": {"weight_decay": 0.0}}
 
 # 36 epochs at batch 16 = 270k iterations; lr x0.1 at epochs 27 and 33; 500 warm-up iterations
 train.max_iter = 270000
