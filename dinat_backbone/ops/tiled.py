@@ -337,35 +337,50 @@ class _Fast:
 
     # ---------------------------------------------------------------- layouts
     def _grid(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, nh, H, W, C] -> the residue view [B, nh, dh, G_h, dw, G_w, C] (pads if needed)."""
+        """[B, nh, H, W, C] -> its residue view [B, nh, dh, G_h, dw, G_w, C] (H = dh * G_h and
+        W = dw * G_w)."""
         (dh, dw), ph, pw = self.d, self.ph, self.pw
-        Hg, Wg = dh * ph.G, dw * pw.G
-        if (Hg, Wg) != (x.shape[2], x.shape[3]):
-            x = F.pad(x, (0, 0, 0, Wg - x.shape[3], 0, Hg - x.shape[2]))
         return x.unflatten(2, (ph.G, dh)).unflatten(4, (pw.G, dw)).permute(0, 1, 3, 2, 5, 4, 6)
+
+    def _pieces(self, x: torch.Tensor, xl: torch.Tensor, P: Tuple[int, int]):
+        """(part of the map x, the same positions in the layout xl): the full residue groups
+        and, where the dilation does not divide the size, the last partial group, per axis."""
+        axes = []
+        for L, d in ((self.H, self.d[0]), (self.W, self.d[1])):
+            full, rem = divmod(L, d)
+            parts = [(0, full * d, 0, full, d)] if full else []
+            if rem:
+                parts.append((full * d, L, full, full + 1, rem))
+            axes.append(parts)
+        for h0, h1, gh0, gh1, rh in axes[0]:
+            for w0, w1, gw0, gw1, rw in axes[1]:
+                xs = x[:, :, h0:h1, w0:w1].unflatten(2, (gh1 - gh0, rh))
+                xs = xs.unflatten(4, (gw1 - gw0, rw)).permute(0, 1, 3, 2, 5, 4, 6)
+                yield xs, xl[:, :, :rh, P[0] + gh0:P[0] + gh1, :rw, P[1] + gw0:P[1] + gw1]
 
     def _padded(self, x: Optional[torch.Tensor], A: Tuple[int, int], P: Tuple[int, int],
                 C: int = 0, dtype=None, zero: bool = True) -> torch.Tensor:
-        """A zero-margined layout of x (or an empty / zero buffer when x is None)."""
-        (dh, dw), G = self.d, (self.ph.G, self.pw.G)
-        ref = x if x is not None else None
+        """A zero-padded layout of x (or an empty / zero buffer when x is None)."""
+        dh, dw = self.d
         C = C or x.shape[-1]
         dtype = dtype or x.dtype
         if x is None:
             alloc = torch.zeros if zero else torch.empty
             return alloc(self.B, self.nh, dh, A[0], dw, A[1], C, dtype=dtype, device=self.device)
-        xp = ref.new_empty(self.B, self.nh, dh, A[0], dw, A[1], C, dtype=dtype)
-        # zero only the margins around [P, P + G) on each axis, then copy the interior
+        xp = x.new_empty(self.B, self.nh, dh, A[0], dw, A[1], C, dtype=dtype)
+        # zero what the map does not fill: the margins and the last group of residue classes
+        # shorter than the rest, then copy the map in (no padded copy of the map itself)
+        full = (self.H // dh, self.W // dw)
         if P[0]:
             xp[:, :, :, :P[0]].zero_()
-        if A[0] > P[0] + G[0]:
-            xp[:, :, :, P[0] + G[0]:].zero_()
-        inner = xp[:, :, :, P[0]:P[0] + G[0]]
+        if A[0] > P[0] + full[0]:
+            xp[:, :, :, P[0] + full[0]:].zero_()
         if P[1]:
-            inner[:, :, :, :, :, :P[1]].zero_()
-        if A[1] > P[1] + G[1]:
-            inner[:, :, :, :, :, P[1] + G[1]:].zero_()
-        inner[:, :, :, :, :, P[1]:P[1] + G[1]].copy_(self._grid(x))
+            xp[:, :, :, P[0]:P[0] + full[0], :, :P[1]].zero_()
+        if A[1] > P[1] + full[1]:
+            xp[:, :, :, P[0]:P[0] + full[0], :, P[1] + full[1]:].zero_()
+        for xs, ls in self._pieces(x, xp, P):
+            ls.copy_(xs)
         return xp
 
     def q_layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,15 +414,9 @@ class _Fast:
     def canonical(self, xp: torch.Tensor, P: Tuple[int, int], full=None) -> torch.Tensor:
         """Layout -> [B, nh, H, W, C], a permuted view of a contiguous [B, H, W, nh, C]."""
         if full is None:
-            B, nh, H, W = self.B, self.nh, self.H, self.W
-            C = xp.shape[-1]
-            (dh, dw), ph, pw = self.d, self.ph, self.pw
-            Hg, Wg = dh * ph.G, dw * pw.G
-            src = xp[:, :, :, P[0]:P[0] + ph.G, :, P[1]:P[1] + pw.G]
-            full = xp.new_empty(B, Hg, Wg, nh, C)
-            full.view(B, ph.G, dh, pw.G, dw, nh, C).permute(0, 5, 2, 1, 4, 3, 6).copy_(src)
-            if (Hg, Wg) != (H, W):
-                full = full[:, :H, :W].contiguous()
+            full = xp.new_empty(self.B, self.H, self.W, self.nh, xp.shape[-1])
+            for xs, ls in self._pieces(full.permute(0, 3, 1, 2, 4), xp, P):
+                xs.copy_(ls)
         return full.permute(0, 3, 1, 2, 4)
 
     def view(self, xp: torch.Tensor, kind: str, vh, vw, part=(0, 0)) -> torch.Tensor:
