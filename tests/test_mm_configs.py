@@ -145,6 +145,23 @@ def test_config_loads_builds_and_matches_the_recipe(path):
     for stage, want in zip(c.dilations, dil):
         assert stage[:len(want)] == want
 
+    # Test-time augmentation (tools/mm_test.py --tta)
+    if "ade20k" in name:  # the authors' recipe: 0.5 ... 1.75 x the test size, and flipped
+        assert cfg.tta_model.type == "SegTTAModel"
+        side = 640 if name.endswith("640x640.py") else 512
+        test_resize = [t for t in cfg.test_dataloader.dataset.pipeline if t.type == "Resize"]
+        assert tuple(test_resize[0].scale) == (4 * side, side)
+        resizes, flips = cfg.tta_pipeline[1].transforms[:2]
+        assert [tuple(t.scale) for t in resizes] == [
+            (4 * side * r, side * r) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+        assert sorted((t.prob, t.direction) for t in flips) == [(0.0, "horizontal"),
+                                                                 (1.0, "horizontal")]
+    elif "rcnn" in name:
+        assert cfg.tta_model.type == "DetTTAModel"
+        resizes, flips = cfg.tta_pipeline[1].transforms[:2]
+        assert (1333, 800) in [tuple(t.scale) for t in resizes] and len(resizes) == 3
+        assert sorted(t.prob for t in flips) == [0.0, 1.0]
+
     # Optimiser: AdamW; no decay on the backbone's norms / RPB tables, in the groups mmengine builds.
     opt = cfg.optim_wrapper.optimizer
     assert opt.type == "AdamW"

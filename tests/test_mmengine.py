@@ -19,7 +19,6 @@ The Runner tests use the shipped mini configs with 64 / 96 px images, narrowed h
 dilations derived for that resolution: the ADE20K / COCO dilations need 112 / 196 px stage-1 maps,
 so a tiny image would be padded up to that size in every layer (about 50x the work).
 """
-import io
 import json
 import os
 import pickle
@@ -497,6 +496,7 @@ def _seg_config(tmp_path, ade):
                            visualization=dict(draw=False)),
         env_cfg=dict(cudnn_benchmark=False),
         randomness=dict(seed=0),
+        tta_pipeline=_tta_pipeline_scaled(UPERNET_MINI, [(2 * s, s // 2), (4 * s, s)]),
     )
     body["param_scheduler"] = [dict(d) for d in body["param_scheduler"]]
     for d in body["param_scheduler"]:
@@ -548,6 +548,11 @@ def test_runner_trains_upernet_mini_iou_metric_and_resume(ade, tmp_path):
                             str(tmp_path / "test"), "--out", str(out)])
     assert metrics["mIoU"] == pytest.approx(miou, abs=0.01)
     assert json.load(open(out))["mIoU"] == pytest.approx(miou, abs=0.01)
+    # ... and with --tta (SegTTAModel over the config's scales x flips; the merge itself is
+    # checked against a hand computation in test_seg_tta_equals_...)
+    tta = mm_test.main([cfg_path, os.path.join(wd, "iter_2.pth"), "--tta", "--work-dir",
+                        str(tmp_path / "tta")])
+    assert 0.0 <= tta["mIoU"] <= 100.0
 
     # Resume from iteration 1: the schedule continues from there and ends at 2.
     from mmengine.runner.checkpoint import _load_checkpoint  # what Runner.resume calls
@@ -714,6 +719,7 @@ def test_runner_trains_mask_rcnn_mini_and_coco_metric(coco, tmp_path):
         default_hooks=dict(checkpoint=dict(interval=1), logger=dict(interval=1),
                            visualization=dict(draw=False)),
         randomness=dict(seed=0),
+        tta_pipeline=_tta_pipeline_scaled(MRCNN_MINI, [(s, s), (s + 32, s + 32)]),
     )
     cfg_path = _write_child_config(tmp_path / "mask_rcnn_tiny_run.py", MRCNN_MINI, body)
     wd = str(tmp_path / "work")
@@ -721,18 +727,62 @@ def test_runner_trains_mask_rcnn_mini_and_coco_metric(coco, tmp_path):
     assert runner.iter == 2 and runner.epoch == 1  # 4 images, batch 2, one epoch
     assert type(runner.model.backbone).__name__ == "DiNAT"
     scalars = runner.message_hub.log_scalars
-    for key in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
-        v = scalars[f"val/{key}"].current()
-        assert -1.0 <= v <= 1.0, key  # pycocotools' AP (-1 only where a split has no objects)
     loss = scalars["train/loss"].current()
     assert np.isfinite(loss) and loss > 0
     assert os.path.isfile(os.path.join(wd, "epoch_1.pth"))
-    # the model predicts boxes and masks for the val images (what CocoMetric scored)
+    # CocoMetric's AP equals COCOeval run here on the model's predictions, converted by hand
+    # (xyxy -> xywh in image pixels, label index -> the annotation file's category id, masks ->
+    # RLE): a category or scaling slip in either path would show.
+    ours = _coco_ap_by_hand(runner, coco["val"]["ann_file"])
+    for kind in ("bbox", "segm"):
+        for key, i in ((f"coco/{kind}_mAP", 0), (f"coco/{kind}_mAP_50", 1)):
+            assert scalars[f"val/{key}"].current() == pytest.approx(ours[kind][i], abs=5e-4)
+
+    # tools/mm_test.py --tta: mmdet's DetTTAModel over two scales x flip (boxes only)
+    tta = mm_test.main([cfg_path, os.path.join(wd, "epoch_1.pth"), "--tta", "--work-dir",
+                        str(tmp_path / "tta")])
+    assert 0.0 <= tta["coco/bbox_mAP"] <= 1.0 and not any("segm" in k for k in tta)
+
+
+def _tta_pipeline_scaled(config, scales):
+    """The config's DetTTAModel pipeline with its Resize scales replaced by ``scales``."""
+    pipe = Config.fromfile(config).to_dict()["tta_pipeline"]
+    resizes = pipe[1]["transforms"][0]
+    assert [t["type"] for t in resizes] == ["Resize"] * len(resizes)
+    pipe[1]["transforms"][0] = [dict(resizes[0], scale=sc) for sc in scales]
+    return pipe
+
+
+def _coco_ap_by_hand(runner, ann_file):
+    """bbox and segm (AP, AP50) of the runner's model on its val set, through pycocotools."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(ann_file)
+    cat_ids = sorted(gt.getCatIds())
+    dets = []
     runner.model.eval()
     with torch.no_grad():
-        out = runner.model.val_step(next(iter(runner.val_dataloader)))
-    inst = out[0].pred_instances
-    assert len(inst) > 0 and inst.masks.shape[1:] == (s, s)
+        for batch in runner.val_dataloader:
+            for sample in runner.model.val_step(batch):
+                p = sample.pred_instances
+                for box, score, label, m in zip(p.bboxes.tolist(), p.scores.tolist(),
+                                                p.labels.tolist(), p.masks.numpy()):
+                    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                    rle["counts"] = rle["counts"].decode()
+                    dets.append(dict(image_id=sample.img_id, category_id=cat_ids[label],
+                                     score=score, segmentation=rle,
+                                     bbox=[box[0], box[1], box[2] - box[0], box[3] - box[1]]))
+    assert dets, "no predictions"
+    out = {}
+    for kind in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(dets), kind)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        out[kind] = ev.stats[:2]
+    return out
 
 
 # ------------------------------------------------------------------------------ checkpoint safety
@@ -889,13 +939,18 @@ def test_a_crash_while_saving_keeps_the_last_checkpoint_intact(ade, tmp_path, mo
     assert sorted(f for f in os.listdir(wd) if f.endswith(".pth")) == ["iter_2.pth"]
 
 
-def test_tool_options_are_checked():
-    from dinat_backbone.mmengine import load_config
+def test_tool_options_are_checked(monkeypatch):
+    from dinat_backbone.mmengine import init_distributed, load_config
 
     with pytest.raises(ValueError, match="launcher"):
         load_config(UPERNET_MINI, launcher="slurmish")
     cfg = load_config(UPERNET_MINI, launcher="pytorch")
     assert cfg.model_wrapper_cfg.type == "DinatDistributedDataParallel"
+    if not torch.cuda.is_available():  # --launcher pytorch outside torchrun: says what to do
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(k, raising=False)
+        with pytest.raises(RuntimeError, match="torchrun --nproc_per_node"):
+            init_distributed("pytorch")
     cfg = load_config(MRCNN_MINI, work_dir="/tmp/x", amp=True, resume=True,
                       cfg_options={"train_cfg.max_epochs": 1})
     assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.resume and cfg.load_from is None

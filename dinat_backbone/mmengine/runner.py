@@ -93,14 +93,26 @@ def _use_tta(cfg) -> None:
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
+    if cfg.model.type == "DetTTAModel":
+        _boxes_only(cfg)
+
+
+def _boxes_only(cfg) -> None:
+    """mmdet's DetTTAModel merges boxes and refuses predictions with masks: test a Mask R-CNN /
+    Cascade without its mask branch, and evaluate bbox AP only (both said in the log)."""
+    roi = cfg.model.module.get("roi_head")
+    if roi is not None and roi.get("mask_head") is not None:
+        roi.mask_head = roi.mask_roi_extractor = None
+        print_log("--tta: mmdet's DetTTAModel merges boxes only; the mask head is left out "
+                  "(its weights in the checkpoint are not used)", logger="current",
+                  level=logging.WARNING)
     evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [
         cfg.test_evaluator]
     for ev in evaluators:
         metric = ev.get("metric")
-        if cfg.tta_model.type == "DetTTAModel" and isinstance(metric, (list, tuple)) \
-                and "segm" in metric:
-            print_log("--tta: mmdet's DetTTAModel merges boxes only; evaluating bbox AP "
-                      "(segm dropped from the metric)", logger="current", level=logging.WARNING)
+        if isinstance(metric, (list, tuple)) and "segm" in metric:
+            print_log("--tta: evaluating bbox AP (segm dropped from the metric)",
+                      logger="current", level=logging.WARNING)
             ev.metric = [m for m in metric if m != "segm"]
 
 
