@@ -132,3 +132,30 @@ def test_bad_arguments_are_refused():
         res = subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
         assert res.returncode == 2 and phrase in res.stderr, (args, res.stderr)
+
+
+@_skip_unless("mmcv._ext", "mmengine", "mmdet", "mmseg")
+@pytest.mark.parametrize("name", ["mask2former_dinat-mini_demo_semantic.py",
+                                  "mask2former_dinat-mini_demo_instance.py"])
+def test_mm_configs_match_the_demo_size_and_the_d2_head(name):
+    """The mm demo configs use dilations derived for their image size and the head the detectron2
+    YAML describes (128 channels, 20 queries, 3 decoder layers, 2 encoder layers, 3136 points)."""
+    import yaml
+    from mmengine.config import Config
+
+    from dinat_backbone import derive_dilations
+
+    cfg = Config.fromfile(os.path.join(ROOT, "configs", "demo", name))
+    assert cfg.model.backbone.type == "DiNAT" and cfg.model.backbone.variant == "mini"
+    assert cfg.model.backbone.dilations == derive_dilations(cfg.image_size)
+    head = cfg.model.get("decode_head") or cfg.model.panoptic_head
+    points = (head.get("train_cfg") or cfg.model.train_cfg).num_points
+    with open(os.path.join(ROOT, "configs", "demo", "d2_mask2former_dinat_mini_demo_instance.yaml")) as f:
+        d2 = yaml.safe_load(f)["MODEL"]
+    mf = d2["MASK_FORMER"]
+    assert head.feat_channels == mf["HIDDEN_DIM"] == d2["SEM_SEG_HEAD"]["CONVS_DIM"]
+    assert head.num_queries == mf["NUM_OBJECT_QUERIES"]
+    assert head.transformer_decoder.num_layers == mf["DEC_LAYERS"] - 1
+    assert head.pixel_decoder.encoder.num_layers == d2["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
+    assert points == mf["TRAIN_NUM_POINTS"]
+    assert d2["DINAT"]["DILATIONS"] == cfg.image_size
