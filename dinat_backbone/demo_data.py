@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -289,7 +289,8 @@ def render_semantic_scene(
     gnd = gnd + rng.normal(0, rng.uniform(6, 16), (h, w, 3))
     img = np.where(ground[..., None], gnd, sky).astype(np.float32)
     side = min(h, w)
-    items = [("shape", int(rng.integers(len(DEFAULT_CLASSES)))) for _ in range(int(rng.integers(1, max_objects + 1)))]
+    n_shapes = int(rng.integers(1, max_objects + 1))
+    items = [("shape", int(rng.integers(len(DEFAULT_CLASSES)))) for _ in range(n_shapes)]
     items += [("clutter", -1) for _ in range(int(rng.integers(0, max_clutter + 1)))]
     order = rng.permutation(len(items))
     for i in order:
@@ -468,7 +469,6 @@ def semantic_majority_baseline(ann_dir: str, num_classes: int = len(SEMANTIC_CLA
         raise ValueError(f"ann_dir {ann_dir!r} is not a directory; generate the data first "
                          "(dinat_backbone.demo_data.make_ade_semantic)")
     counts = np.zeros(num_classes, dtype=np.int64)
-    labels = []
     for name in sorted(os.listdir(ann_dir)):
         if not name.endswith(".png"):
             continue

@@ -165,7 +165,8 @@ def test_demo_metrics_printed_in_percent_with_one_decimal():
     base = dict(variant="mini", segmentation=dict(iters=120, time_s=203.0, mIoU=45.099998474121094,
                                                   aAcc=80.16, IoU={"sky": 94.91, "square": None},
                                                   majority_baseline_mIoU=9.7, majority_class="sky"))
-    lines = demo.format_results(dict(base, framework="mmdet", detection=dict(iters=240, time_s=556.0, AP=ap_mm)))
+    lines = demo.format_results(dict(base, framework="mmdet",
+                                     detection=dict(iters=240, time_s=556.0, AP=ap_mm)))
     text = "\n".join(lines)
     assert "mIoU 45.1  aAcc 80.2" in text and "mIoU 9.7)" in text and "sky 94.9  square n/a" in text
     assert "bbox AP 11.8  AP50 31.8  mask AP 16.7  AP50 29.3" in text and "circle 25.1" in text
@@ -225,7 +226,8 @@ def test_demo_end_to_end_tiny(tmp_path):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"tools/demo.py CPU time: {after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime:.1f} s")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"tools/demo.py CPU time: {cpu:.1f} s")
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     # progress with an ETA from the frameworks' loggers, then the summary with the file paths
@@ -338,5 +340,7 @@ def test_demo_detectron2_path_end_to_end_tiny(tmp_path):
 
     assert s["detection"]["dilations"] == derive_dilations(96)
     assert last["lr"] == pytest.approx(1e-3 * demo.cosine_lr_factor(iters - 1, iters, span), rel=1e-6)
-    sd = __import__("torch").load(s["detection"]["checkpoint"], map_location="cpu", weights_only=False)["model"]
+    from dinat_backbone.weights import load_checkpoint_file
+
+    sd = load_checkpoint_file(s["detection"]["checkpoint"])["model"]
     assert sd["roi_heads.box_head.fc1.weight"].shape[0] == 48  # --det-cfg-options reached detectron2

@@ -10,7 +10,8 @@ from PIL import Image
 
 from dinat_backbone import demo_data
 
-pycocotools = pytest.importorskip("pycocotools", reason="pycocotools is a core dependency: pip install pycocotools")
+pycocotools = pytest.importorskip("pycocotools",
+                                  reason="pycocotools is a core dependency: pip install pycocotools")
 from pycocotools import mask as mask_util  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
@@ -107,8 +108,9 @@ def test_determinism_by_seed(tmp_path):
     b = demo_data.make_coco_instances(str(tmp_path / "b"), n_train=5, n_val=2, size=64, seed=7)
     c = demo_data.make_coco_instances(str(tmp_path / "c"), n_train=3, n_val=2, size=64, seed=8)
     for name in ("000000.jpg", "000001.jpg"):
-        assert filecmp.cmp(os.path.join(a["val"]["img_dir"], name), os.path.join(b["val"]["img_dir"], name), shallow=False)
-        assert filecmp.cmp(os.path.join(a["train"]["img_dir"], name), os.path.join(b["train"]["img_dir"], name), shallow=False)
+        for split in ("val", "train"):
+            assert filecmp.cmp(os.path.join(a[split]["img_dir"], name),
+                               os.path.join(b[split]["img_dir"], name), shallow=False)
     with open(a["val"]["ann_file"]) as fa, open(b["val"]["ann_file"]) as fb, open(c["val"]["ann_file"]) as fc:
         ja, jb, jc = json.load(fa), json.load(fb), json.load(fc)
     assert ja["annotations"] == jb["annotations"]  # val does not depend on n_train

@@ -308,7 +308,8 @@ def _d2_outputs(preds, with_masks):
     for img in (1, 2, 3):
         ps = [p for p in preds if p["image_id"] == img]
         inst = Instances((H, W))
-        inst.pred_boxes = Boxes(torch.tensor([_xyxy(p["bbox"]) for p in ps], dtype=torch.float32).reshape(-1, 4))
+        boxes = torch.tensor([_xyxy(p["bbox"]) for p in ps], dtype=torch.float32)
+        inst.pred_boxes = Boxes(boxes.reshape(-1, 4))
         inst.scores = torch.tensor([p["score"] for p in ps], dtype=torch.float32)
         inst.pred_classes = torch.tensor([_label(p["category_id"]) for p in ps], dtype=torch.int64)
         if with_masks:
@@ -331,7 +332,8 @@ def test_detectron2_cocoevaluator_ground_truth_as_predictions_gives_ap_100(coco_
     res = ev.evaluate()
     for task in ("bbox", "segm"):  # detectron2 reports percent
         assert res[task]["AP"] == pytest.approx(100.0) and res[task]["AP50"] == pytest.approx(100.0)
-        assert res[task]["AP-circle"] == pytest.approx(100.0) and res[task]["AP-square"] == pytest.approx(100.0)
+        assert res[task]["AP-circle"] == pytest.approx(100.0)
+        assert res[task]["AP-square"] == pytest.approx(100.0)
         assert math.isnan(res[task]["APs"])  # no small objects: NaN, as detectron2 reports it
 
 

@@ -457,10 +457,12 @@ def draw_segmentation(runner, ade, png, n=4):
             img = np.asarray(Image.open(sample.img_path).convert("RGB"))
             pred = sample.pred_sem_seg.data[0].cpu().numpy()
             gt = sample.gt_sem_seg.data[0].cpu().numpy()
-            colour = lambda lab: np.where((lab == 255)[..., None], 0, palette[np.clip(lab, 0, len(palette) - 1)])  # noqa: E731
+            def colour(lab):
+                return np.where((lab == 255)[..., None], 0, palette[np.clip(lab, 0, len(palette) - 1)])
+
             rows.append(np.concatenate([img, colour(gt).astype(np.uint8), colour(pred).astype(np.uint8)], 1))
     grid = np.concatenate(rows, 0)
-    h, w = rows[0].shape[0], rows[0].shape[1] // 3
+    w = rows[0].shape[1] // 3
     header = Image.new("RGB", (grid.shape[1], 40), (255, 255, 255))
     d = ImageDraw.Draw(header)
     for j, t in enumerate(("image", "ground truth", "prediction")):
@@ -538,7 +540,6 @@ def _set_resize(cfg, size):
 
 
 def draw_detections_mmdet(runner, coco, png, n=6, score_thr=0.3):
-    import numpy as np
     import torch
 
     model = runner.model
@@ -597,14 +598,14 @@ def draw_detection_grid(preds, coco, png, score_thr):
     top, bottom = [], []
     for p in preds:
         img = np.asarray(Image.open(p["img_path"]).convert("RGB"))
-        texts = [f"{classes[l]} {s:.2f}" for l, s in zip(p["labels"], p["scores"])]
+        texts = [f"{classes[lab]} {s:.2f}" for lab, s in zip(p["labels"], p["scores"])]
         masks = None if p["masks"] is None else [m.astype(bool) for m in p["masks"]]
         top.append(render(img, p["boxes"], p["labels"], masks, texts))
         anns = gt.loadAnns(gt.getAnnIds(imgIds=p["img_id"]))
-        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
         labels = [a["category_id"] - 1 for a in anns]
         gmasks = [gt.annToMask(a).astype(bool) for a in anns]
-        bottom.append(render(img, boxes, labels, gmasks, [classes[l] for l in labels]))
+        bottom.append(render(img, boxes, labels, gmasks, [classes[lab] for lab in labels]))
     grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
     h = top[0].shape[0]
     out = Image.new("RGB", (grid.shape[1] + 110, grid.shape[0]), (255, 255, 255))
@@ -643,22 +644,6 @@ def _load_train_net():
     return mod
 
 
-def _d2_demo_api():
-    """(add_demo_config, register_demo_datasets_for) from dinat_backbone.detectron2.demo: the
-    demo dataset's config keys and its registration in detectron2's catalogs (explicit: the
-    adapter package does not register anything on import)."""
-    try:
-        from dinat_backbone.detectron2.demo import add_demo_config, register_demo_datasets_for
-    except ModuleNotFoundError as e:  # an adapter from before the demo module (a single file)
-        if e.name != "dinat_backbone.detectron2.demo":
-            raise
-        from dinat_backbone.detectron2 import register_demo_datasets_for
-
-        def add_demo_config(cfg):  # that adapter's add_dinat_config added the keys
-            pass
-    return add_demo_config, register_demo_datasets_for
-
-
 def d2_opts(args, coco, work, warm_backbone=None):
     """The detectron2 config overrides for this run (KEY, VALUE, ... as merge_from_list takes)."""
     opts = ["DATASETS.DINAT_DEMO.ROOT", coco["root"], "DATASETS.DINAT_DEMO.NUM_TRAIN", str(args.n_train),
@@ -685,21 +670,16 @@ def run_detectron2(args, coco, out_dir, warm_backbone=None):
                          "install notes); without it use --framework mmdet")
     print(D2_DIFFERENCES.format(yaml=osp.relpath(D2_CONFIG, ROOT), size=args.size, span=args.cosine_span,
                                 iters=args.iters), flush=True)
-    from detectron2.config import get_cfg
     from detectron2.engine import default_setup
 
-    from dinat_backbone.detectron2 import add_dinat_config
+    # the demo data's config keys and registration: explicit, the adapter package registers
+    # nothing on import
+    from dinat_backbone.detectron2.demo import register_demo_datasets_for
 
-    add_demo_config, register_demo_datasets_for = _d2_demo_api()
     train_net = _load_train_net()
     work = osp.join(out_dir, "detector_d2")
     opts = d2_opts(args, coco, work, warm_backbone)
-    if hasattr(train_net, "build_cfg"):  # detectron2's keys + MODEL.DINAT + the tool's own
-        cfg = train_net.build_cfg()
-    else:
-        cfg = get_cfg()
-        add_dinat_config(cfg)
-    add_demo_config(cfg)
+    cfg = train_net.build_cfg()  # detectron2's keys + MODEL.DINAT + DATASETS.DINAT_DEMO + the tool's
     cfg.merge_from_file(D2_CONFIG)
     cfg.merge_from_list(opts)
     cfg.freeze()
