@@ -309,6 +309,21 @@ D2_YAMLS.append(os.path.join(ROOT, "configs/demo/d2_mask_rcnn_dinat_mini_demo.ya
 
 
 @needs_d2
+@pytest.mark.parametrize("path", D2_YAMLS[:-1], ids=[os.path.basename(p) for p in D2_YAMLS[:-1]])
+def test_every_yaml_merges_into_get_cfg_plus_add_dinat_config(path):
+    """The README's snippet: detectron2's get_cfg() + add_dinat_config(cfg) takes every shipped
+    config (no key of tools/train_net.py's own is needed)."""
+    from detectron2.config import get_cfg
+
+    from dinat_backbone.detectron2 import add_dinat_config
+
+    cfg = get_cfg()
+    add_dinat_config(cfg)
+    cfg.merge_from_file(path)
+    assert cfg.MODEL.BACKBONE.NAME == "build_dinat_fpn_backbone"
+
+
+@needs_d2
 @pytest.mark.slow
 @pytest.mark.parametrize("path", D2_YAMLS, ids=[os.path.basename(p) for p in D2_YAMLS])
 def test_every_yaml_builds(path, one_thread):
@@ -433,7 +448,7 @@ def test_mask2former_train_net_refuses_code_running_pickles(ext, tmp_path):
            "--config-file", "projects/Mask2Former/configs/ade20k/semantic-segmentation/"
                             "maskformer2_dinat_tiny_bs16_160k.yaml", "--eval-only",
            "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"),
-           "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.DINAT.VARIANT", "mini",
+           "MODEL.DINAT.VARIANT", "mini",
            "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.DEC_LAYERS", "2"]
     env = _env()
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -968,8 +983,9 @@ if __name__ == "__main__":
 '''
 
 
-def _run_workers(tmp, name, num_gpus, extra, timeout=900):
-    """Run _WORKER with ``--num-gpus num_gpus`` on the small demo setup; returns its folder."""
+def _run_workers(tmp, name, num_gpus, extra, flags=(), timeout=900):
+    """Run _WORKER with ``--num-gpus num_gpus`` (+ ``flags``) on the small demo setup, config
+    options ``extra``; returns its folder."""
     out = os.path.join(tmp, name)
     os.makedirs(out, exist_ok=True)
     script = os.path.join(tmp, "worker.py")
@@ -983,7 +999,7 @@ def _run_workers(tmp, name, num_gpus, extra, timeout=900):
             "INPUT.MAX_SIZE_TEST", "128", "INPUT.RANDOM_FLIP", "none",
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100000",
             "OUTPUT_DIR", os.path.join(out, "output"), "SEED", "3"] + extra
-    cmd = [sys.executable, script, out, "--num-gpus", str(num_gpus), "--config-file",
+    cmd = [sys.executable, script, out, "--num-gpus", str(num_gpus), *flags, "--config-file",
            os.path.join(ROOT, "configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml")] + opts
     env = _env(CUDA_VISIBLE_DEVICES="")
     res = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
@@ -1044,9 +1060,9 @@ def test_evaluation_with_two_processes_equals_one(trained, tmp_path):
     process, on the fixture's trained checkpoint."""
     tmp = str(tmp_path)
     weights = os.path.join(trained["cfg"].OUTPUT_DIR, "model_final.pth")
-    opts = ["--eval-only", "MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-    one = _run_workers(tmp, "eval1", 1, opts)
-    two = _run_workers(tmp, "eval2", 2, opts)
+    opts = ["MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    one = _run_workers(tmp, "eval1", 1, opts, flags=["--eval-only"])
+    two = _run_workers(tmp, "eval2", 2, opts, flags=["--eval-only"])
     import json
 
     res = [json.load(open(os.path.join(d, "results.json"))) for d in (one, two)]
@@ -1055,5 +1071,96 @@ def test_evaluation_with_two_processes_equals_one(trained, tmp_path):
                         weights_only=True) for d in (one, two)]
     by_id = [{p["image_id"]: p["instances"] for p in ps} for ps in preds]
     assert sorted(by_id[0]) == sorted(by_id[1]) and len(by_id[0]) == 4
+    assert sum(len(v) for v in by_id[0].values()) > 0  # detections to compare (score >= 0)
     for i in by_id[0]:
         assert by_id[0][i] == by_id[1][i], i
+
+
+# ----------------------------------------------------------------------------------- TTA
+@needs_d2
+def test_tta_equals_an_independent_merge_of_the_flipped_predictions(one_thread):
+    """tools/train_net.py's TTA (detectron2's GeneralizedRCNNWithTTA, TEST.AUG: one size, flip)
+    on one image equals what this test computes itself: the detections of the image and of its
+    mirror (boxes mirrored back), merged by per-class NMS, and each merged box's mask
+    probabilities averaged over the two views (the mirror's flipped back) and pasted."""
+    import torchvision
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    model = _tiny_model().eval()
+    cfg = _cfg("configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml", **TINY)
+    cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.FLIP = True, (128,), True
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)
+    h, w = image.shape[1:]
+    views = [image, image.flip(dims=[2])]
+    with torch.no_grad():
+        from detectron2.modeling import GeneralizedRCNNWithTTA
+
+        got = GeneralizedRCNNWithTTA(cfg, model)([{"image": image, "height": h,
+                                                   "width": w}])[0]["instances"]
+        # 1. boxes of both views, in the original image's coordinates, merged by per-class NMS
+        model.roi_heads.mask_on = False
+        dets = [model.inference([{"image": v}], do_postprocess=False)[0] for v in views]
+        model.roi_heads.mask_on = True
+        boxes = [dets[0].pred_boxes.tensor, dets[1].pred_boxes.tensor.clone()]
+        boxes[1][:, [0, 2]] = w - boxes[1][:, [2, 0]]
+        boxes = torch.cat(boxes)
+        scores = torch.cat([d.scores for d in dets])
+        classes = torch.cat([d.pred_classes for d in dets])
+        keep = torchvision.ops.batched_nms(boxes, scores, classes,
+                                           cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
+        keep = keep[: cfg.TEST.DETECTIONS_PER_IMAGE]
+        assert len(keep) > 0
+        torch.testing.assert_close(got.pred_boxes.tensor, boxes[keep], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got.scores, scores[keep], rtol=0, atol=1e-6)
+        assert torch.equal(got.pred_classes, classes[keep])
+        # 2. masks of the merged boxes in both views, averaged (the mirror's flipped back)
+        probs = []
+        for i, v in enumerate(views):
+            b = boxes[keep].clone()
+            if i:
+                b[:, [0, 2]] = w - b[:, [2, 0]]
+            inst = Instances((h, w), pred_boxes=Boxes(b), pred_classes=classes[keep],
+                             scores=scores[keep])
+            m = model.inference([{"image": v}], detected_instances=[inst],
+                                do_postprocess=False)[0].pred_masks
+            probs.append(m.flip(dims=[3]) if i else m)
+        merged = Instances((h, w), pred_boxes=Boxes(boxes[keep]), pred_classes=classes[keep],
+                           scores=scores[keep], pred_masks=(probs[0] + probs[1]) / 2)
+        want = detector_postprocess(merged, h, w)
+    assert got.pred_masks.shape == (len(keep), h, w)
+    assert torch.equal(got.pred_masks, want.pred_masks)
+
+
+@needs_d2
+@pytest.mark.slow
+def test_train_net_eval_only_with_tta(trained):
+    """tools/train_net.py --eval-only TEST.AUG.ENABLED True: COCO results plain, then with
+    detectron2's GeneralizedRCNNWithTTA (3 sizes + flips) into inference_TTA, on the fixture's
+    model."""
+    tmp = trained["tmp"]
+    code = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from dinat_backbone.detectron2.demo import register_demo_datasets\n"
+        f"register_demo_datasets(root={os.path.join(tmp, 'data')!r}, prefix='dinat_test_coco', "
+        "num_train=6, num_val=3, image_size=128, seed=1, max_objects=3)\n"
+        "import runpy\n"
+        "sys.argv = ['train_net.py', '--config-file', 'configs/demo/d2_mask_rcnn_dinat_mini_demo.yaml',"
+        " '--eval-only', 'MODEL.WEIGHTS', "
+        f"{os.path.join(trained['cfg'].OUTPUT_DIR, 'model_final.pth')!r}, 'OUTPUT_DIR', "
+        f"{os.path.join(tmp, 'eval_tta')!r}, 'DATASETS.TEST', \"('dinat_test_coco_val',)\", "
+        "'MODEL.DINAT.DILATIONS', '128', 'INPUT.MIN_SIZE_TEST', '128', 'INPUT.MAX_SIZE_TEST', '128',"
+        " 'MODEL.ROI_HEADS.SCORE_THRESH_TEST', '0.0', 'TEST.AUG.ENABLED', 'True', "
+        "'TEST.AUG.MIN_SIZES', '(96, 128, 160)', 'TEST.AUG.MAX_SIZE', '320']\n"
+        "runpy.run_path('tools/train_net.py', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Running inference with test-time augmentation" in log
+    for task in ("bbox", "segm"):  # once plain, once with TTA
+        assert log.count(f"copypaste: Task: {task}\n") == 2, task
+    assert os.path.isfile(os.path.join(tmp, "eval_tta", "inference_TTA",
+                                       "instances_predictions.pth"))

@@ -149,7 +149,9 @@ class Trainer(DefaultTrainer):
         ``TEST.AUG.MIN_SIZES`` up to ``TEST.AUG.MAX_SIZE``, plus horizontal flips with
         ``TEST.AUG.FLIP``), evaluated into OUTPUT_DIR/inference_TTA; results keyed
         "<task>_TTA" (bbox_TTA, segm_TTA)."""
-        logging.getLogger(__name__).info("Running inference with test-time augmentation ...")
+        # under detectron2's logger name: default_setup configures only "detectron2*" / "fvcore"
+        logging.getLogger("detectron2.trainer").info(
+            "Running inference with test-time augmentation ...")
         tta = GeneralizedRCNNWithTTA(cfg, model)
         folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
         evaluators = [cls.build_evaluator(cfg, name, output_folder=folder)
