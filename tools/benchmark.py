@@ -528,7 +528,7 @@ def bench_profile(args, device, dtype) -> List[dict]:
         for name in args.profile_models:
             model = build_model(name, "224", device, dtype).train()
 
-            def step():
+            def step(model=model):
                 _outputs_sum(model(x)).backward()
                 for p in model.parameters():
                     p.grad = None

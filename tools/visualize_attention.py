@@ -233,9 +233,9 @@ def attention_maps(model: DinatBackbone, pixel_values: torch.Tensor,
 def pick_layers(stage: Dict) -> Tuple[Dict, Optional[Dict]]:
     """(first layer with dilation 1, first layer with the stage's largest dilation > 1 or None)."""
     layers = stage["layers"]
-    plain = next((l for l in layers if l["dilation"] == 1), layers[0])
-    dmax = max(l["dilation"] for l in layers)
-    dilated = next((l for l in layers if l["dilation"] == dmax), None) if dmax > 1 else None
+    plain = next((layer for layer in layers if layer["dilation"] == 1), layers[0])
+    dmax = max(layer["dilation"] for layer in layers)
+    dilated = next((layer for layer in layers if layer["dilation"] == dmax), None) if dmax > 1 else None
     return plain, dilated
 
 

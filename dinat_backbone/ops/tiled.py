@@ -545,7 +545,7 @@ def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
         for vh in ph.variants:
             for vw in pw.variants:
                 tabs = c.tables(rpb, vh, vw, cdt)
-                Q, K, V, O = (c.view(qg, "q", vh, vw), c.view(kg, "r", vh, vw),
+                Q, K, V, Out = (c.view(qg, "q", vh, vw), c.view(kg, "r", vh, vw),
                               c.view(vg, "r", vh, vw), c.view(og, "q", vh, vw))
                 nth, ntw = vh[1] - vh[0], vw[1] - vw[0]
                 for ix, lead in c.chunks(nth, ntw, T2 * R2):
@@ -559,7 +559,7 @@ def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
                         lv.add_(_sel(t, ix))
                     p = torch.softmax(logits, -1)
                     o = torch.bmm(p.to(v.dtype), V[ix].reshape(-1, R2, Dv))
-                    O[ix].copy_(o.view(lead + (dw, ntw, ph.T, pw.T, Dv)))
+                    Out[ix].copy_(o.view(lead + (dw, ntw, ph.T, pw.T, Dv)))
         return c.canonical(og, (0, 0), full)
 
 
