@@ -137,37 +137,54 @@ def _torchrun(*launch, script_args):
             "--launcher", "pytorch"]
 
 
-@pytest.mark.slow
-def test_mmengine_two_torchrun_nodes_equal_one_node_with_two_processes(tmp_path):
+@pytest.fixture(scope="module")
+def mm_one_node(tmp_path_factory):
+    """The tiny config and its run as 1 node x 2 processes (torchrun --standalone)."""
     pytest.importorskip("mmengine", reason="needs mmengine (pip install -e .[mm])")
     pytest.importorskip("mmseg", reason="needs mmsegmentation (pip install -e .[mm])")
     pytest.importorskip("mmcv._ext", reason="needs mmcv with compiled ops (tools/install.sh)")
     from dinat_backbone.demo_data import make_ade_semantic
 
-    make_ade_semantic(str(tmp_path / "data"), n_train=4, n_val=1, size=64, seed=0)
-    cfg = tmp_path / "tiny_upernet.py"
+    d = tmp_path_factory.mktemp("mm")
+    make_ade_semantic(str(d / "data"), n_train=4, n_val=1, size=64, seed=0)
+    cfg = d / "tiny_upernet.py"
     cfg.write_text(MM_CONFIG.format(
         base=os.path.join(ROOT, "configs", "demo", "upernet_dinat-mini_demo.py"),
-        data=str(tmp_path / "data")))
-
-    one = tmp_path / "one_node"
+        data=str(d / "data")))
+    one = d / "one_node"
     log = _run(_torchrun("--standalone", "--nproc_per_node", "2",
                          script_args=[cfg, "--work-dir", one]), ROOT)
     assert "DinatDistributedDataParallel" in log.stdout + log.stderr
+    return cfg, one
 
-    port = _free_port()
-    nodes = [tmp_path / f"node{r}" for r in (0, 1)]
-    logs = _run_nodes([_torchrun("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(r),
-                                 "--master_addr", "127.0.0.1", "--master_port", str(port),
-                                 script_args=[cfg, "--work-dir", nodes[r]])
-                       for r in (0, 1)], ROOT)
-    assert "DinatDistributedDataParallel" in logs[0]
-    # only global rank 0 (node 0) writes checkpoints
-    assert _checkpoints(nodes[0]) == _checkpoints(one) == ["iter_1.pth", "iter_2.pth"]
-    assert not os.path.exists(nodes[1]) or (not _checkpoints(nodes[1])
-                                            and not (nodes[1] / "last_checkpoint").exists())
 
-    two_nodes = _mm_load(nodes[0] / "iter_2.pth")
+@pytest.mark.slow
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_mmengine_two_torchrun_nodes_equal_one_node_with_two_processes(mm_one_node, rendezvous,
+                                                                         tmp_path):
+    """static: --master_addr/--master_port and --node_rank; c10d: --rdzv_backend c10d
+    --rdzv_endpoint (torchrun assigns the node ranks)."""
+    cfg, one = mm_one_node
+    port = str(_free_port())
+    if rendezvous == "static":
+        launch = [["--master_addr", "127.0.0.1", "--master_port", port, "--node_rank", str(r)]
+                  for r in (0, 1)]
+    else:
+        launch = [["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+                   "--rdzv_id", "multinode-test"]] * 2
+    work = [tmp_path / f"work{i}" for i in (0, 1)]
+    logs = _run_nodes([_torchrun("--nnodes", "2", "--nproc_per_node", "1", *launch[i],
+                                 script_args=[cfg, "--work-dir", work[i]]) for i in (0, 1)], ROOT)
+    # only global rank 0 writes checkpoints (with c10d, either invocation may become node 0)
+    has = [bool(os.path.isdir(w) and _checkpoints(w)) for w in work]
+    assert sum(has) == 1, has
+    node0 = work[has.index(True)]
+    assert "DinatDistributedDataParallel" in logs[has.index(True)]
+    assert _checkpoints(node0) == _checkpoints(one) == ["iter_1.pth", "iter_2.pth"]
+    node1 = work[1 - has.index(True)]
+    assert not (node1 / "last_checkpoint").exists()
+
+    two_nodes = _mm_load(node0 / "iter_2.pth")
     one_node = _mm_load(one / "iter_2.pth")
     first = _mm_load(one / "iter_1.pth")
     assert two_nodes["meta"]["iter"] == one_node["meta"]["iter"] == 2
