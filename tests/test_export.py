@@ -19,9 +19,9 @@ pytest.importorskip("onnxscript", reason="pip install onnxscript (test extra)")
 # Sizes checked on the one dynamic graph: (batch, height, width).
 #   (1, 40, 72):   stage2 is 5 x 9 with dilation 2 (window 6 > 5: padded), stage4 2 x 3 (padded)
 #   (2, 97, 131):  odd sizes, batch 2, stage4 4 x 5
-#   (1, 256, 320), (1, 481, 353): larger maps, the sizes the README quotes
+#   (1, 256, 320), (1, 481, 353): larger maps, the sizes docs/pytorch.md quotes
 SIZES = [(1, 40, 72), (2, 97, 131), (1, 256, 320), (1, 481, 353)]
-# Largest allowed |exported - eager| over every output element and size, fp32: the bound the README
+# Largest allowed |exported - eager| over every output element and size, fp32: the bound docs/pytorch.md
 # quotes. Measured with torch 2.14.1 / onnxruntime 1.32 on an AMD EPYC CPU: torch.export 1.9e-6,
 # ONNX 5.0e-6 (per size 1.9e-6, 4.1e-6, 3.3e-6, 5.0e-6); 2e-5 leaves 4x for other CPUs' SIMD
 # kernels and onnxruntime versions (different summation orders). The tests print the measured max.
