@@ -344,3 +344,45 @@ def test_demo_detectron2_path_end_to_end_tiny(tmp_path):
 
     sd = load_checkpoint_file(s["detection"]["checkpoint"])["model"]
     assert sd["roi_heads.box_head.fc1.weight"].shape[0] == 48  # --det-cfg-options reached detectron2
+
+
+@needs_mm
+@pytest.mark.slow
+def test_demo_tta_end_to_end_tiny(tmp_path):
+    """--tta (tiny, mmdet): each trained model is evaluated again by the frameworks' own TTA models
+    (SegTTAModel, DetTTAModel through load_config(..., tta=True)); summary.json (strict JSON) holds
+    single-scale and TTA metrics, the printed table shows both, and the segmenter's TTA mIoU (the
+    average of 6 views' probabilities) differs from its single-scale mIoU."""
+    r = subprocess.run([sys.executable, DEMO, *_tiny_args(tmp_path), "--framework", "mmdet", "--tta",
+                        "--det-cfg-options", "model.roi_head.bbox_head.fc_out_channels=48",
+                        "--seg-cfg-options", "model.decode_head.channels=24"],
+                       capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    s = strict_load(tmp_path / "out" / "summary.json")
+    seg, det = s["segmentation"], s["detection"]
+    print("seg mIoU single / TTA:", seg["mIoU"], seg["tta"]["mIoU"],
+          "det bbox AP single / TTA:", det["AP"]["bbox AP"], det["tta"]["AP"]["bbox AP"])
+    # the TTA views: --size 96 x 0.75, 1.0, 1.25, each flipped
+    assert seg["tta"]["scales"] == [[72, 72], [96, 96], [120, 120]] and seg["tta"]["flip"] is True
+    assert seg["tta"]["model"] == "SegTTAModel" and det["tta"]["model"] == "DetTTAModel"
+    for v in (seg["mIoU"], seg["tta"]["mIoU"], seg["aAcc"], seg["tta"]["aAcc"]):
+        assert 0.0 <= v <= 100.0
+    assert seg["tta"]["mIoU"] != seg["mIoU"]
+    # CocoMetric ran on the TTA boxes (fractions in [0, 1]); no segm: DetTTAModel merges boxes only
+    tta_m = det["tta"]["metrics"]
+    assert 0.0 <= tta_m["coco/bbox_mAP"] <= 1.0 and "coco/segm_mAP" not in tta_m
+    assert "coco/segm_mAP" in det["metrics"]
+    # the printed table: "metric | single scale | TTA", percent with one decimal
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
+            for line in r.stdout.splitlines() if line.count("|") == 2}
+    assert rows["metric"] == ["single scale", "TTA"]
+    assert rows["mIoU"] == [f"{seg['mIoU']:.1f}", f"{seg['tta']['mIoU']:.1f}"]
+    assert set(rows) >= {"aAcc", "bbox AP", "bbox AP50", "mask AP"}
+    assert rows["mask AP"][1] == "n/a"
+
+
+def test_demo_tta_detector_is_mmdet_only():
+    r = subprocess.run([sys.executable, DEMO, "--tta", "--framework", "detectron2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "DetTTAModel only" in r.stderr, r.stderr

@@ -21,6 +21,13 @@
    and prints where everything is. The frameworks' loggers show progress with an ETA. Metrics are
    printed as the frameworks print them: AP in percent, mIoU in percent, one decimal.
 
+``--tta`` evaluates each trained model again with multi-scale + flip test-time augmentation
+(the demo configs' ``tta_pipeline``: --size x ``tta_ratios`` 0.75, 1.0, 1.25, each view also
+flipped), through the adapter's own TTA switch (``dinat_backbone.mmengine.load_config(...,
+tta=True)``, as ``tools/mm_test.py --tta``): mmseg's SegTTAModel for the segmenter, mmdet's
+DetTTAModel for the detector (mmdet path only; DetTTAModel merges boxes, so the detector's TTA
+row is bbox AP and the mask head is left out), and prints "metric | single scale | TTA".
+
 ``--seeds N`` runs the whole job N times (training seeds --seed, --seed + 1, ...; the same demo
 data, ``--data-seed``), each in its own process with outputs in ``<out>/seed_<s>/``, then prints a
 table of every metric per seed with the mean and the min-max, and writes ``<out>/repeat.json``.
@@ -85,6 +92,10 @@ def parse_args(argv=None):
                    help="torch CPU threads (default: all cores)")
     p.add_argument("--val-interval", type=int, default=None,
                    help="also evaluate every N iterations (default: only at the end)")
+    p.add_argument("--tta", action="store_true",
+                   help="also evaluate each trained model with multi-scale (--size x 0.75, 1.0, "
+                        "1.25) + flip test-time augmentation and print single scale vs TTA; the "
+                        "detector's TTA is mmdet-only (DetTTAModel, bbox AP: it merges boxes only)")
     p.add_argument("--skip-seg", action="store_true", help="skip the segmentation part")
     p.add_argument("--skip-det", action="store_true", help="skip the detection part")
     p.add_argument("--det-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
@@ -103,6 +114,9 @@ def parse_args(argv=None):
         p.error("--size must be a multiple of 32 and at least 64 (e.g. 192)")
     if a.skip_seg and a.skip_det:
         p.error("nothing to do: both --skip-seg and --skip-det given")
+    if a.tta and a.framework == "detectron2" and not a.skip_det:
+        p.error("--tta evaluates the detector with mmdet's DetTTAModel only; use --framework mmdet "
+                "(or auto), or --skip-det for the segmenter's TTA alone")
     if a.seeds is not None and a.seeds < 1:
         p.error(f"--seeds must be >= 1, got {a.seeds}")
     if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
@@ -266,6 +280,58 @@ def format_results(summary: dict) -> list:
     return lines
 
 
+def tta_rows(summary: dict) -> list:
+    """[(metric, single-scale value, TTA value), ...] in percent (None where missing) for the
+    segmenter and detector parts that ran with --tta."""
+    rows = []
+    seg = summary.get("segmentation") or {}
+    if seg.get("tta"):
+        for k in ("mIoU", "aAcc"):
+            rows.append((k, seg.get(k), seg["tta"].get(k)))
+    det = summary.get("detection") or {}
+    if det.get("tta"):
+        ap, tta = det.get("AP") or {}, det["tta"].get("AP") or {}
+        for k in ("bbox AP", "bbox AP50", "bbox AP75", "mask AP"):
+            rows.append((k, ap.get(k), tta.get(k)))  # mask AP: no TTA (DetTTAModel: boxes only)
+    return rows
+
+
+def format_tta_table(summary: dict) -> str:
+    """The --tta table: "metric | single scale | TTA", percent with one decimal."""
+    table = [("metric", "single scale", "TTA")] + [(k, _pct(a), _pct(b)) for k, a, b in tta_rows(summary)]
+    widths = [max(len(r[j]) for r in table) for j in range(3)]
+    lines = [" | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             for r in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_tta(cfg, args, checkpoint, work, tag):
+    """Evaluate the trained ``checkpoint`` again with the config's multi-scale + flip recipe,
+    through the adapter's TTA switch (load_config(..., tta=True), as tools/mm_test.py --tta: the
+    config's tta_model wraps the model, its tta_pipeline feeds the test set; for DetTTAModel the
+    mask head is left out and bbox AP evaluated). The views are --size x the config's tta_ratios."""
+    from dinat_backbone.mmengine import build_runner, load_config
+
+    cfg = cfg.copy()
+    ratios = list(cfg.tta_ratios)
+    tta_aug = [t for t in cfg.tta_pipeline if t["type"] == "TestTimeAug"][0]
+    resizes = [t for t in tta_aug.transforms[0] if t["type"] == "Resize"]
+    if len(resizes) != len(ratios):
+        raise ValueError(f"tta_ratios={ratios}: {len(resizes)} Resize views in tta_pipeline. Fix: "
+                         "give one ratio per Resize view in the demo config")
+    for t, r in zip(resizes, ratios):
+        t["scale"] = (int(args.size * r), int(args.size * r))
+    tcfg = load_config(cfg, work_dir=work, load_from=checkpoint, tta=True)
+    tcfg.visualizer.name = f"demo_{tag}_tta_{time.time_ns()}"
+    tcfg.experiment_name = f"demo_{tag}_tta_{time.strftime('%Y%m%d_%H%M%S')}"
+    runner = build_runner(tcfg)
+    t0 = time.time()
+    metrics = _plain(runner.test())
+    return dict(metrics=metrics, time_s=round(time.time() - t0, 1), ratios=ratios,
+                scales=[list(t["scale"]) for t in resizes], flip=True, model=tcfg.model.type)
+
+
 def _require_mm(what: str) -> None:
     try:
         import mmengine  # noqa: F401
@@ -423,7 +489,8 @@ def run_mmseg(args, ade, out_dir):
     torch.save(sd, backbone_file)
     png = osp.join(out_dir, "segmentation.png")
     per_class = draw_segmentation(runner, ade, png)
-    return dict(metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu, checkpoint=ckpt,
+    tta = run_tta(cfg, args, ckpt, osp.join(out_dir, "segmenter_tta"), "seg") if args.tta else None
+    return dict(tta=tta, metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu, checkpoint=ckpt,
                 backbone=backbone_file, work_dir=work, png=png, dilations=dil, iou=per_class)
 
 
@@ -518,7 +585,9 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
     elapsed, cpu = time.time() - t0, time.process_time() - c0
     png = osp.join(out_dir, "detections.png")
     draw_detections_mmdet(runner, coco, png)
-    return dict(metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu,
+    ckpt = osp.join(work, f"iter_{args.iters}.pth")
+    tta = run_tta(cfg, args, ckpt, osp.join(out_dir, "detector_tta"), "det") if args.tta else None
+    return dict(tta=tta, metrics=rec.last, history=rec.history, time_s=elapsed, cpu_s=cpu,
                 checkpoint=osp.join(work, f"iter_{args.iters}.pth"), work_dir=work, png=png,
                 dilations=dil)
 
@@ -853,6 +922,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     framework = pick_framework(args.framework)
+    if args.tta and framework == "detectron2" and not args.skip_det:
+        raise SystemExit("tools/demo.py --tta evaluates the detector with mmdet's DetTTAModel only, "
+                         "and mmdet is not installed (bash tools/install.sh); or add --skip-det")
     from dinat_backbone import demo_data
 
     os.makedirs(args.out, exist_ok=True)
@@ -883,6 +955,11 @@ def main(argv=None):
             majority_baseline_mIoU=round(100 * base["mIoU"], 2), majority_class=base["name"],
             history=seg["history"], png=seg["png"], checkpoint=seg["checkpoint"],
             dilations=seg["dilations"])
+        if seg["tta"]:
+            t = seg["tta"]
+            summary["segmentation"]["tta"] = dict(
+                mIoU=t["metrics"].get("mIoU"), aAcc=t["metrics"].get("aAcc"),
+                **{k: v for k, v in t.items() if k != "metrics"})
     if not args.skip_det:
         if args.warm_start == "segmenter":
             warm = seg["backbone"] if seg else None
@@ -903,12 +980,20 @@ def main(argv=None):
                                     metrics=det["metrics"], history=det["history"],
                                     png=det["png"], checkpoint=det["checkpoint"],
                                     dilations=det.get("dilations"))
+        if det.get("tta"):
+            t = det["tta"]
+            summary["detection"]["tta"] = dict(AP=detection_ap(t["metrics"], coco["classes"]), **t)
     summary["total_time_s"] = round(time.time() - t_start, 1)
     summary["total_cpu_s"] = round(time.process_time(), 1)  # this process; cf. wall on a busy machine
     summary["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     write_json(osp.join(out_dir, "summary.json"), summary)
     _banner("DiNAT demo: results (AP and IoU in percent)")
     print("\n".join(format_results(summary)))
+    if args.tta:
+        print("single scale vs multi-scale + flip TTA (--size x "
+              f"{', '.join(str(r) for r in (seg or det)['tta']['ratios'])}, flipped; percent; the "
+              "detector's TTA merges boxes only, so mask AP has no TTA value):")
+        print(format_tta_table(summary))
     print("files:")
     for label, path in (("detections  ", det and det.get("png")), ("segmentation", seg and seg["png"]),
                         ("detector    ", det and det["work_dir"]), ("segmenter   ", seg and seg["work_dir"]),

@@ -10,7 +10,7 @@
 #   python tools/make_demo_data.py --out demo_data
 #   python tools/mm_train.py configs/demo/mask-rcnn_dinat-mini_demo.py
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/default_runtime.py',
-          '../_base_/dinat.py', './_base_/cpu_schedule.py']
+          '../_base_/dinat.py', './_base_/cpu_schedule.py', '../mmdet/_base_/det_tta.py']
 custom_imports = _base_.dinat_imports
 
 classes = ('circle', 'square', 'triangle')
@@ -62,6 +62,20 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
+# Multi-scale + flip test-time augmentation (tools/demo.py --tta, tools/mm_test.py CFG CKPT --tta):
+# mmdet's DetTTAModel (tta_model from ../mmdet/_base_/det_tta.py) on the demo size x 0.75, 1.0,
+# 1.25, each view also flipped; boxes only (the tools leave the mask head out and evaluate bbox
+# AP). tools/demo.py rescales the views for its --size from tta_ratios.
+tta_ratios = [0.75, 1.0, 1.25]
+tta_scales = [(int(image_size * r), int(image_size * r)) for r in tta_ratios]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=s, keep_ratio=True) for s in tta_scales],
+        [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+        [dict(type='LoadAnnotations', with_bbox=True)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                               'scale_factor', 'flip', 'flip_direction'))]])]
 dataset = dict(type='CocoDataset', data_root=data_root, metainfo=metainfo)
 train_dataloader = dict(
     batch_size=4, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),

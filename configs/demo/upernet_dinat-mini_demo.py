@@ -37,6 +37,20 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# Multi-scale + flip test-time augmentation (tools/demo.py --tta, tools/mm_test.py CFG CKPT --tta):
+# the demo size x 0.75, 1.0, 1.25, each view also flipped; mmseg's SegTTAModel (the tta_model of
+# its default runtime) averages the views' class probabilities. tools/demo.py rescales the views
+# for its --size from tta_ratios.
+tta_ratios = [0.75, 1.0, 1.25]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(image_size * r), int(image_size * r)), keep_ratio=True)
+         for r in tta_ratios],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations', reduce_zero_label=True)],
+        [dict(type='PackSegInputs')]])]
 dataset = dict(type='BaseSegDataset', data_root='demo_data/ade', metainfo=metainfo,
                img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True)
 train_dataloader = dict(
