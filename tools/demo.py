@@ -25,8 +25,9 @@
 (the demo configs' ``tta_pipeline``: --size x ``tta_ratios`` 0.75, 1.0, 1.25, each view also
 flipped), through the adapter's own TTA switch (``dinat_backbone.mmengine.load_config(...,
 tta=True)``, as ``tools/mm_test.py --tta``): mmseg's SegTTAModel for the segmenter, mmdet's
-DetTTAModel for the detector (mmdet path only; DetTTAModel merges boxes, so the detector's TTA
-row is bbox AP and the mask head is left out), and prints "metric | single scale | TTA".
+DetTTAModel for the detector (it merges boxes, so the mmdet detector's TTA row is bbox AP and the
+mask head is left out); on the detectron2 path, detectron2's GeneralizedRCNNWithTTA at the same
+views (boxes and masks; tools/_demo_d2_tta.py). Prints "metric | single scale | TTA".
 
 ``--seeds N`` runs the whole job N times (training seeds --seed, --seed + 1, ...; the same demo
 data, ``--data-seed``), each in its own process with outputs in ``<out>/seed_<s>/``, then prints a
@@ -94,8 +95,9 @@ def parse_args(argv=None):
                    help="also evaluate every N iterations (default: only at the end)")
     p.add_argument("--tta", action="store_true",
                    help="also evaluate each trained model with multi-scale (--size x 0.75, 1.0, "
-                        "1.25) + flip test-time augmentation and print single scale vs TTA; the "
-                        "detector's TTA is mmdet-only (DetTTAModel, bbox AP: it merges boxes only)")
+                        "1.25) + flip test-time augmentation and print single scale vs TTA "
+                        "(mmdet's DetTTAModel merges boxes only: bbox AP; detectron2's "
+                        "GeneralizedRCNNWithTTA: bbox and mask AP)")
     p.add_argument("--skip-seg", action="store_true", help="skip the segmentation part")
     p.add_argument("--skip-det", action="store_true", help="skip the detection part")
     p.add_argument("--det-cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
@@ -114,9 +116,6 @@ def parse_args(argv=None):
         p.error("--size must be a multiple of 32 and at least 64 (e.g. 192)")
     if a.skip_seg and a.skip_det:
         p.error("nothing to do: both --skip-seg and --skip-det given")
-    if a.tta and a.framework == "detectron2" and not a.skip_det:
-        p.error("--tta evaluates the detector with mmdet's DetTTAModel only; use --framework mmdet "
-                "(or auto), or --skip-det for the segmenter's TTA alone")
     if a.seeds is not None and a.seeds < 1:
         p.error(f"--seeds must be >= 1, got {a.seeds}")
     if a.warm_start not in ("segmenter", "none") and not osp.isfile(a.warm_start):
@@ -292,7 +291,7 @@ def tta_rows(summary: dict) -> list:
     if det.get("tta"):
         ap, tta = det.get("AP") or {}, det["tta"].get("AP") or {}
         for k in ("bbox AP", "bbox AP50", "bbox AP75", "mask AP"):
-            rows.append((k, ap.get(k), tta.get(k)))  # mask AP: no TTA (DetTTAModel: boxes only)
+            rows.append((k, ap.get(k), tta.get(k)))  # mask AP: none from mmdet's DetTTAModel (boxes only)
     return rows
 
 
@@ -780,7 +779,16 @@ def run_detectron2(args, coco, out_dir, warm_backbone=None):
                     history.append((min(rec.get("iteration", iters - 1) + 1, iters), ev))
     png = osp.join(out_dir, "detections.png")
     draw_detections_d2(trainer.model, cfg, coco, png)
-    return dict(metrics=metrics, history=history, time_s=elapsed, cpu_s=cpu, work_dir=work, png=png,
+    tta = None
+    if args.tta:  # detectron2's GeneralizedRCNNWithTTA at the mmdet path's views
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("dinat_demo_d2_tta",
+                                                      osp.join(ROOT, "tools", "_demo_d2_tta.py"))
+        d2_tta = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(d2_tta)
+        tta = d2_tta.evaluate_d2_tta(train_net, trainer.model, cfg, args.size)
+    return dict(tta=tta, metrics=metrics, history=history, time_s=elapsed, cpu_s=cpu, work_dir=work, png=png,
                 checkpoint=osp.join(work, "model_final.pth"),
                 dilations=_backbone_fields(args.variant, args.size)[0])  # MODEL.DINAT.DILATIONS = size
 
@@ -922,9 +930,6 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     framework = pick_framework(args.framework)
-    if args.tta and framework == "detectron2" and not args.skip_det:
-        raise SystemExit("tools/demo.py --tta evaluates the detector with mmdet's DetTTAModel only, "
-                         "and mmdet is not installed (bash tools/install.sh); or add --skip-det")
     from dinat_backbone import demo_data
 
     os.makedirs(args.out, exist_ok=True)
@@ -991,8 +996,9 @@ def main(argv=None):
     print("\n".join(format_results(summary)))
     if args.tta:
         print("single scale vs multi-scale + flip TTA (--size x "
-              f"{', '.join(str(r) for r in (seg or det)['tta']['ratios'])}, flipped; percent; the "
-              "detector's TTA merges boxes only, so mask AP has no TTA value):")
+              f"{', '.join(str(r) for r in (seg or det)['tta']['ratios'])}, flipped; percent"
+              + ("" if framework == "detectron2" else "; mmdet's detector TTA merges boxes only, so "
+                 "mask AP has no TTA value") + "):")
         print(format_tta_table(summary))
     print("files:")
     for label, path in (("detections  ", det and det.get("png")), ("segmentation", seg and seg["png"]),
