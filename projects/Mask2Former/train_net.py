@@ -10,6 +10,8 @@
 Every other argument is Mask2Former's (detectron2's ``default_argument_parser``: --config-file,
 --eval-only, --resume, --num-gpus, --num-machines, --machine-rank, --dist-url, opts). The
 checkout may also be given as MASK2FORMER_ROOT=PATH or on PYTHONPATH; see README.md here.
+``--eval-only ... TEST.AUG.ENABLED True`` adds Mask2Former's own semantic test-time augmentation
+(its ``SemanticSegmentorWithTTA``, called by its ``main``; results "sem_seg_TTA").
 """
 import argparse
 import os
