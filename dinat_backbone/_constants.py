@@ -4,7 +4,7 @@ Kept free of imports so that every module can import it without creating a cycle
 """
 
 # Attention backends of ``dinat_backbone.ops.na2d`` (and ``DinatConfig.attention_backend``).
-ATTENTION_BACKENDS = ("auto", "tiled", "gather", "natten", "flex")
+ATTENTION_BACKENDS = ("auto", "tiled", "gather", "natten", "flex", "cpp")
 
 # ``DinatConfig.hidden_act`` -> (module, keyword arguments). The module is a ``torch.nn`` class
 # name, or "QuickGELU" (defined in dinat_backbone.modeling). Names are transformers' ACT2FN keys.

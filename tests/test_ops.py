@@ -12,6 +12,11 @@ is cached; every backend and dtype is compared with that one result:
   and 4e-2 for bfloat16 (about 4 and 2 significant bits over their unit roundoff of 4.9e-4 and
   3.9e-3: inputs, the logit matmul and the weighted sum are rounded in the half type).
 
+The ``cpp`` backend (the compiled CPU kernel of dinat_backbone/ops/csrc, built on first use) is
+in the matrix with the others; it needs a C++ compiler and ninja, and fails (with the build
+error) rather than skipping without them. Its cases add maps wide enough for several vectors of
+queries per row (interior, border and mixed blocks) and head dims that are not multiples of 8.
+
 The ``flex`` backend (torch's flex_attention) is compared on the same matrix, forward only on
 the CPU (PyTorch has no flex_attention backward there). With ``DINAT_TEST_DEVICE=cuda`` (what
 ``tools/gpu_check.py`` sets) every backend runs on the GPU against the same float64 CPU oracle,
@@ -19,6 +24,8 @@ flex with its backward, in float32 / float16 / bfloat16 (flex_attention has no f
 """
 import functools
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -47,6 +54,8 @@ CASES = {
     "k3x13-d8x1-25x15": (1, 2, 25, 15, 4, (3, 13), (8, 1), True),
     "k13x5-d1x6-14x31": (1, 1, 14, 31, 4, (13, 5), (1, 6), True),
     "k7x3-d2x5-16x17": (2, 2, 16, 17, 8, (7, 3), (2, 5), True),
+    "k7d1-wide-19x41-D13": (1, 2, 19, 41, 13, 7, 1, True),
+    "k5d2-wide-23x45-D16": (1, 1, 23, 45, 16, 5, 2, False),
 }
 HALF_CASES = ["k3d1-odd-9x11", "k3d57-17x23", "k7d2-odd-15x19", "k7d4-30x28", "k13d1-exact-13x13",
               "k7x3-d2x5-16x17"]
@@ -61,7 +70,7 @@ if ON_CUDA:   # every matrix case is a new shape for the compiled flex kernel: a
     for _name in ("cache_size_limit", "recompile_limit"):
         if hasattr(torch._dynamo.config, _name):
             setattr(torch._dynamo.config, _name, 512)
-BACKENDS = ["tiled", "gather", "auto"]
+BACKENDS = ["tiled", "gather", "auto"] + (["cpp"] if DEVICE.type == "cpu" else [])
 FLEX_TRAIN = ON_CUDA            # flex_attention has a backward on CUDA only
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
@@ -254,7 +263,7 @@ def _dense_attention(q, k, v, bias, mask=None, scale=None):
     return (torch.softmax(logits, -1) @ vf).reshape(B, nh, H, W, v.shape[-1])
 
 
-@pytest.mark.parametrize("backend", ["tiled", "gather"])
+@pytest.mark.parametrize("backend", ["tiled", "gather", "cpp"])
 def test_full_window_is_global_attention_with_relative_bias(backend):
     # kernel = map size, dilation 1: every window is the whole map, and the RPB entry of key
     # (ky, kx) for query (y, x) is rpb[ky - y + k - 1, kx - x + k - 1].
@@ -270,7 +279,7 @@ def test_full_window_is_global_attention_with_relative_bias(backend):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["tiled", "gather"])
+@pytest.mark.parametrize("backend", ["tiled", "gather", "cpp"])
 def test_exact_kernel_times_dilation_is_attention_within_residue_classes(backend):
     # H = kh*dh and W = kw*dw: each residue class holds exactly k positions per axis, so a query
     # attends to every position of its own (y mod dh, x mod dw) class and nothing else.
@@ -303,7 +312,7 @@ def test_scale_value_dim_and_non_contiguous_inputs(backend):
     torch.testing.assert_close(attn, want_attn, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["tiled", "gather"])
+@pytest.mark.parametrize("backend", ["tiled", "gather", "cpp"])
 def test_attention_dropout_only_in_training(backend):
     torch.manual_seed(5)
     q, k, v = (torch.randn(1, 2, 9, 9, 4) for _ in range(3))
@@ -410,3 +419,39 @@ def test_natten_backend_refuses_what_it_cannot_compute():
     rpb = torch.randn(2, 5, 5)
     out = na2d(q, k, v, 3, rpb=rpb, backend="auto")
     torch.testing.assert_close(out, na2d_slow(q, k, v, 3, 1, rpb)[0], rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------- the compiled "cpp" backend
+def test_cpp_custom_op_registration_passes_opcheck():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    rpb = torch.randn(2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for return_attn in (False, True):
+        torch.library.opcheck(torch.ops.dinat_backbone.na2d_cpp_fwd.default,
+                              (q, k, v, rpb, 3, 3, 2, 1, 0.5, return_attn),
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))
+
+
+def test_cpp_backend_missing_is_a_clear_error_and_the_others_still_work():
+    # DINAT_DISABLE_CPP=1 stands in for a machine without a C++ compiler: the package imports,
+    # "cpp" is not listed, asking for it names the reason and the fix, and "tiled" still runs.
+    code = (
+        "import torch\n"
+        "from dinat_backbone.ops import na2d, available_backends\n"
+        "assert 'cpp' not in available_backends('cpu'), available_backends('cpu')\n"
+        "q = k = v = torch.randn(1, 1, 9, 9, 4)\n"
+        "try:\n"
+        "    na2d(q, k, v, 3, backend='cpp')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'DINAT_DISABLE_CPP' in str(e) and \"backend='tiled'\" in str(e), str(e)\n"
+        "else:\n"
+        "    raise AssertionError('backend=cpp did not raise')\n"
+        "out = na2d(q, k, v, 3, backend='tiled')\n"
+        "print('ok', tuple(out.shape))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DINAT_DISABLE_CPP="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "ok (1, 1, 9, 9, 4)" in r.stdout, r.stdout + r.stderr

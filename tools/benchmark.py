@@ -164,7 +164,7 @@ def _op_backends(device: torch.device, wanted: Optional[List[str]]) -> List[str]
     from dinat_backbone.ops import available_backends
 
     have = available_backends(device)
-    order = [b for b in ("tiled", "gather", "natten", "flex") if b in have]
+    order = [b for b in ("cpp", "tiled", "gather", "natten", "flex") if b in have]
     return [b for b in order if wanted is None or b in wanted]
 
 

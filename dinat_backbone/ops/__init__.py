@@ -11,6 +11,8 @@ indexed by the key's offset from the query. Every backend computes the same numb
 * ``"gather"`` pure PyTorch, gathers each query's k*k keys (simple, memory-hungry baseline);
 * ``"natten"`` NATTEN, only where it computes the same thing (see natten_backend);
 * ``"flex"``   torch's flex_attention (see flex_backend), where available;
+* ``"cpp"``    a compiled CPU kernel (see cpp_backend), built on first use where a C++ compiler
+  and ninja are available;
 * ``"auto"``   "tiled", or NATTEN on CUDA where it computes the same thing (never one that changes
   results; "flex" only when asked for: it is unverified on GPUs).
 """
@@ -22,6 +24,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._constants import ATTENTION_BACKENDS
+from .cpp_backend import cpp_available, na2d_cpp
 from .gather import na2d_av, na2d_gather, na2d_qk
 from .natten_backend import na2d_natten, natten_info, natten_supports
 from .tiled import na2d_tiled
@@ -31,7 +34,7 @@ __all__ = ["na2d", "na2d_qk", "na2d_av", "available_backends", "BACKENDS", "axis
 
 BACKENDS = ATTENTION_BACKENDS
 
-_IMPLS = {"tiled": na2d_tiled, "gather": na2d_gather, "natten": na2d_natten}
+_IMPLS = {"tiled": na2d_tiled, "gather": na2d_gather, "natten": na2d_natten, "cpp": na2d_cpp}
 
 # Set (per thread / task) by dinat_backbone.flops.flop_tracing() to the autograd.Function that
 # na2d runs as while fvcore traces a model: the op then shows up in the trace as one node that a
@@ -60,6 +63,8 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> list:
             out.append("flex")
     except ImportError:
         pass
+    if dev.type == "cpu" and cpp_available():   # builds the kernel on the first call
+        out.append("cpp")
     return out
 
 
@@ -137,7 +142,7 @@ def na2d(
         rpb: optional relative positional bias [heads, 2*kh-1, 2*kw-1].
         scale: multiplies q.k; default head_dim ** -0.5.
         return_attn: also return the softmax weights [B, heads, H, W, kh*kw] (row-major window).
-        backend: "auto", "tiled", "gather", "natten" or "flex".
+        backend: "auto", "tiled", "gather", "natten", "flex" or "cpp".
         dropout_p / training: dropout on the attention weights (training only).
     Returns:
         out [B, heads, H, W, D], or (out, attn) when ``return_attn``.

@@ -1,0 +1,193 @@
+"""The "cpp" backend: a compiled CPU kernel for neighborhood attention (forward and backward).
+
+The C++ source ships in the package (``csrc/na2d_cpu.cpp``) and is compiled on first use with
+``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; the build is cached in
+torch's extension folder, or in ``$DINAT_CPP_BUILD_DIR``, keyed by the CPU it was built for since
+it is compiled with ``-march=native``). The package works without it: when the build fails,
+``available_backends()`` leaves "cpp" out, "auto" keeps using "tiled" (with one warning naming
+the reason), and asking for ``backend="cpp"`` raises an error that says why and what to do.
+``DINAT_DISABLE_CPP=1`` skips the build altogether.
+
+Semantics are those of :mod:`dinat_backbone.ops.windows`, computed directly: per query, the
+softmax over its kh*kw window (+ RPB), then the weighted sum of values; the backward recomputes
+the softmax (nothing but q, k, v and the RPB is saved) and gathers dk / dv key by key. fp32 and
+fp64 are computed natively; float16 / bfloat16 inputs are computed in float32 and rounded back.
+Attention dropout needs the random mask of the weights, which this kernel does not draw: with
+``dropout_p > 0`` in training the call goes to the "tiled" backend (same semantics).
+
+The kernel is wrapped as two ``torch.library`` custom ops (``dinat_backbone::na2d_cpp_fwd`` /
+``_bwd``), so ``torch.compile`` sees one opaque node, with an autograd formula.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "na2d_cpu.cpp")
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+_lock = threading.Lock()
+_state = {"ext": None, "error": None, "warned": False}
+
+
+def _cpu_tag() -> str:
+    """A short tag of this CPU's model and flags: builds with -march=native are per CPU."""
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features", "CPU part")):
+                    text += line
+                if line.strip() == "":
+                    break
+    except OSError:
+        pass
+    with open(_SOURCE, "rb") as f:
+        text += hashlib.sha1(f.read()).hexdigest()
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def load_extension():
+    """The compiled module, building it on the first call; None when it cannot be built (the
+    reason is in :func:`build_error`)."""
+    if _state["ext"] is not None or _state["error"] is not None:
+        return _state["ext"]
+    with _lock:
+        if _state["ext"] is not None or _state["error"] is not None:
+            return _state["ext"]
+        if os.environ.get("DINAT_DISABLE_CPP", "") not in ("", "0"):
+            _state["error"] = "disabled by the environment variable DINAT_DISABLE_CPP"
+            return None
+        try:
+            from torch.utils.cpp_extension import _get_build_directory, load
+
+            name = "dinat_na2d_cpu_" + _cpu_tag()
+            build_dir = os.environ.get("DINAT_CPP_BUILD_DIR") or _get_build_directory(name, False)
+            os.makedirs(build_dir, exist_ok=True)
+            if not os.path.exists(os.path.join(build_dir, name + ".so")):
+                print(f"dinat_backbone: compiling the C++ neighborhood-attention kernel (once; "
+                      f"cached in {build_dir})", file=sys.stderr, flush=True)
+            _state["ext"] = load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS,
+                                 build_directory=build_dir, verbose=False)
+        except Exception as e:  # no compiler, no ninja, a read-only cache, ...
+            msg = str(e).strip().splitlines()
+            _state["error"] = f"{type(e).__name__}: {msg[-1] if msg else ''}"[:400]
+    return _state["ext"]
+
+
+def build_error() -> Optional[str]:
+    """Why the extension is not available (None if it loaded or was not tried yet)."""
+    return _state["error"]
+
+
+def cpp_available() -> bool:
+    return load_extension() is not None
+
+
+def warn_fallback_once() -> None:
+    if not _state["warned"]:
+        _state["warned"] = True
+        warnings.warn("dinat_backbone: the compiled 'cpp' attention backend is not available "
+                      f"({build_error()}); backend='auto' uses 'tiled' instead (same results, "
+                      "slower on the CPU). Install a C++ compiler and ninja to build it.",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _ext():
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError(
+            f"na2d: backend='cpp' needs the compiled CPU kernel, which could not be built "
+            f"({build_error()}). Install a C++ compiler (g++) and ninja, unset "
+            "DINAT_DISABLE_CPP, or use backend='tiled' / 'auto'.")
+    return ext
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("dinat_backbone::na2d_cpp_fwd", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, Tensor? rpb, int kh, int kw, "
+                                "int dh, int dw, float scale, bool return_attn) "
+                                "-> (Tensor, Tensor)")
+def _na2d_cpp_fwd(q, k, v, rpb, kh, kw, dh, dw, scale, return_attn):
+    out, attn = _ext().forward(q, k, v, rpb, kh, kw, dh, dw, scale, return_attn)
+    return out, attn
+
+
+def _like_canonical(x: torch.Tensor, C: int) -> torch.Tensor:
+    B, nh, H, W, _ = x.shape
+    return x.new_empty(B, H, W, nh, C).permute(0, 3, 1, 2, 4)
+
+
+@_na2d_cpp_fwd.register_fake
+def _(q, k, v, rpb, kh, kw, dh, dw, scale, return_attn):
+    attn = (q.new_empty(q.shape[:4] + (kh * kw,)) if return_attn else q.new_empty(0))
+    return _like_canonical(q, v.shape[-1]), attn
+
+
+@torch.library.custom_op("dinat_backbone::na2d_cpp_bwd", mutates_args=(),
+                         schema="(Tensor dout, Tensor? gattn, Tensor q, Tensor k, Tensor v, "
+                                "Tensor? rpb, int kh, int kw, int dh, int dw, float scale, "
+                                "bool rpb_grad) -> (Tensor, Tensor, Tensor, Tensor)")
+def _na2d_cpp_bwd(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale, rpb_grad):
+    dq, dk, dv, drpb = _ext().backward(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale,
+                                       rpb_grad)
+    return dq, dk, dv, drpb
+
+
+@_na2d_cpp_bwd.register_fake
+def _(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale, rpb_grad):
+    drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else q.new_empty(0)
+    return (_like_canonical(q, q.shape[-1]), _like_canonical(k, k.shape[-1]),
+            _like_canonical(v, v.shape[-1]), drpb)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rpb, kh, kw, dh, dw, scale, return_attn = inputs
+    ctx.params = (kh, kw, dh, dw, scale, return_attn)
+    ctx.has_rpb = rpb is not None
+    ctx.save_for_backward(q, k, v, rpb)
+
+
+def _backward(ctx, dout, dattn):
+    q, k, v, rpb = ctx.saved_tensors
+    kh, kw, dh, dw, scale, return_attn = ctx.params
+    rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
+    if dout is None:
+        dout = torch.zeros_like(v)
+    gattn = dattn if (return_attn and dattn is not None and dattn.numel() > 0) else None
+    dq, dk, dv, drpb = _na2d_cpp_bwd(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale, rpb_grad)
+    return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None, None
+
+
+_na2d_cpp_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def na2d_cpp(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
+             dropout_p=0.0, training=False):
+    """(out, attn or None) from the compiled CPU kernel (see the module docstring)."""
+    if query.device.type != "cpu":
+        raise RuntimeError(f"na2d: backend='cpp' runs on the CPU only, got tensors on "
+                           f"{query.device}; use backend='auto' or 'tiled'")
+    if dropout_p and training:
+        from .tiled import na2d_tiled
+
+        return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
+                          dropout_p, training)
+    _ext()  # a clear error now, not inside the custom op
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    dtype = query.dtype
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    q, k, v = (t.to(cdt) for t in (query, key, value))
+    r = rpb.to(cdt) if rpb is not None else None
+    out, attn = torch.ops.dinat_backbone.na2d_cpp_fwd(q, k, v, r, kh, kw, dh, dw, float(scale),
+                                                      bool(return_attn))
+    if out.dtype != dtype:
+        out = out.to(dtype)
+        attn = attn.to(dtype)
+    return out, (attn if return_attn else None)

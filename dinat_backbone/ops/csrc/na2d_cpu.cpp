@@ -1,0 +1,803 @@
+// Neighborhood attention (2D, dilated, NATTEN's semantics) on the CPU: forward and backward.
+//
+// Built on first use by dinat_backbone/ops/cpp_backend.py (torch.utils.cpp_extension.load).
+// Semantics are those of dinat_backbone/ops/windows.py: per axis of length L, odd kernel k and
+// dilation d, a query at index i is in residue class r = i mod d at group index j = i div d; the
+// class is a sub-grid of length G = ceil((L - r) / d); the window starts at
+// s = clamp(j - k/2, 0, G - k) (shifted inward at the borders) and its keys are r + d*(s + t),
+// t < k; the RPB index of key t is (s + t) - j + (k - 1).
+//
+// Work is split into tasks, one per (batch, head, row residue, column residue): each task is
+// plain (dilation 1) neighborhood attention on one sub-grid, and owns the gradients of its keys
+// and values, so tasks run in parallel without atomics (at::parallel_for, torch's threads).
+//
+// Inside a task, q/k/v are copied into a "transposed" layout [row][channel][column] with zero
+// padding left and right, and NL = 8 consecutive queries of a row are one vector (lanes over
+// queries). For a query x, the key at column x + e - (kw - 1) has extended index e in
+// [0, 2kw - 2] -- which is also its RPB column -- and the window is e in [es(x), es(x) + kw) with
+// es(x) = s(x) - x + kw - 1. For one vector of queries, the key column of index e is a
+// contiguous (unaligned) vector load, so q.k, p.v and their gradients are vector FMAs with the
+// channel loop inside (the compiler keeps the accumulators in registers); lanes whose window
+// does not contain e are masked out (borders). Rows need no masks: all queries of a row share
+// their window rows.
+//
+// Backward, per task: pass 1 walks query rows (recomputing the softmax, no saved weights),
+// giving dS = P * (dP - sum P*dP) and dq, and keeps P and dS of the last rows in a ring buffer in
+// the same extended layout; pass 2 walks key rows and gathers dk and dv from the queries whose
+// windows contain each key (key-centric: no scatter-adds).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int NL = 8;  // queries (or keys) per vector
+
+typedef float vf __attribute__((vector_size(NL * sizeof(float))));
+typedef double vd __attribute__((vector_size(NL * sizeof(double))));
+typedef int32_t vi __attribute__((vector_size(NL * sizeof(int32_t))));
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = vf;
+};
+template <>
+struct VecOf<double> {
+  using type = vd;
+};
+
+template <typename V, typename T>
+inline V loadu(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline void storeu(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V, typename T>
+inline V splat(T x) {
+  return V{} + x;  // scalar operands of vector arithmetic are broadcast (one vbroadcast)
+}
+
+#ifdef __clang__
+#define NA_SHUFFLE(M, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define NA_SHUFFLE(M, a, b, ...) __builtin_shuffle(a, b, M{__VA_ARGS__})
+#endif
+
+// In-place transpose of 8 vectors of 8 lanes: r[j][l] <- r[l][j].
+template <typename V>
+inline void transpose8(V* r) {
+  using M = decltype(r[0] < r[0]);  // the integer vector type of V's shuffle masks
+  V t[8], u[8];
+  for (int p = 0; p < 4; ++p) {
+    t[2 * p] = NA_SHUFFLE(M, r[2 * p], r[2 * p + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * p + 1] = NA_SHUFFLE(M, r[2 * p], r[2 * p + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int p = 0; p < 2; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      const V a = t[4 * p + h], b = t[4 * p + 2 + h];
+      u[4 * p + 2 * h] = NA_SHUFFLE(M, a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+      u[4 * p + 2 * h + 1] = NA_SHUFFLE(M, a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  // u[0..3]: columns 0..3 (low half) and 4..7 (high half) of rows 0..3; u[4..7]: of rows 4..7
+  for (int c = 0; c < 4; ++c) {
+    r[c] = NA_SHUFFLE(M, u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[c + 4] = NA_SHUFFLE(M, u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// exp for float lanes (Cephes' expf: range reduction by ln 2, degree-6 polynomial; about 1 ulp).
+// Arguments are clamped to [-87.3, 88]; callers multiply masked lanes by 0.
+inline vf vexp(vf x) {
+  const vf hi = splat<vf>(88.0f), lo = splat<vf>(-87.3365447505531f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vf magic = splat<vf>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf fx = x * splat<vf>(1.44269504088896341f);
+  fx = (fx + magic) - magic;
+  x = x - fx * splat<vf>(0.693359375f);
+  x = x - fx * splat<vf>(-2.12194440e-4f);
+  vf y = splat<vf>(1.9875691500E-4f);
+  y = y * x + splat<vf>(1.3981999507E-3f);
+  y = y * x + splat<vf>(8.3334519073E-3f);
+  y = y * x + splat<vf>(4.1665795894E-2f);
+  y = y * x + splat<vf>(1.6666665459E-1f);
+  y = y * x + splat<vf>(5.0000001201E-1f);
+  y = y * (x * x) + x + splat<vf>(1.0f);
+  vi n = __builtin_convertvector(fx, vi);
+  vi bits = (n + 127) << 23;
+  vf p2;
+  std::memcpy(&p2, &bits, sizeof(vf));
+  return y * p2;
+}
+
+inline vd vexp(vd x) {
+  for (int l = 0; l < NL; ++l) x[l] = std::exp(std::min(x[l], 700.0));
+  return x;
+}
+
+template <typename V, typename T>
+inline T hsum(const V& v) {
+  T s = 0;
+  for (int l = 0; l < NL; ++l) s += v[l];
+  return s;
+}
+
+// A vector of the lanes at p (BC = false) or p[0] in every lane (BC = true).
+template <bool BC, typename V, typename T>
+inline V ld(const T* p) {
+  if (BC) return splat<V>(*p);
+  return loadu<V>(p);
+}
+
+// out[j] = sum_d a[d*LP] * ld(b + d*LP + j) (vectors over lanes), j < EB: EB independent chains.
+template <int EB, bool BC, typename T, typename V>
+inline void dot_n(const T* a, const T* b, int D, int64_t LP, V* out) {
+  V acc[EB];
+  for (int j = 0; j < EB; ++j) acc[j] = V{};
+  for (int d = 0; d < D; ++d) {
+    const V av = loadu<V>(a + d * LP);
+    const T* bp = b + d * LP;
+    for (int j = 0; j < EB; ++j) acc[j] += av * ld<BC, V>(bp + j);
+  }
+  for (int j = 0; j < EB; ++j) out[j] = acc[j];
+}
+
+template <bool BC, typename T, typename V>
+inline void dots(const T* a, const T* b, int D, int64_t LP, int n, V* out) {
+  int e = 0;
+  for (; n - e > 8; e += 8) dot_n<8, BC>(a, b + e, D, LP, out + e);
+  switch (n - e) {
+    case 8: dot_n<8, BC>(a, b + e, D, LP, out + e); break;
+    case 7: dot_n<7, BC>(a, b + e, D, LP, out + e); break;
+    case 6: dot_n<6, BC>(a, b + e, D, LP, out + e); break;
+    case 5: dot_n<5, BC>(a, b + e, D, LP, out + e); break;
+    case 4: dot_n<4, BC>(a, b + e, D, LP, out + e); break;
+    case 3: dot_n<3, BC>(a, b + e, D, LP, out + e); break;
+    case 2: dot_n<2, BC>(a, b + e, D, LP, out + e); break;
+    case 1: dot_n<1, BC>(a, b + e, D, LP, out + e); break;
+    default: break;
+  }
+}
+
+// acc[j] = sum_{i < rows, e < ne} P[i*ne + e] * ld(base + i*rowstride + e + j*LP), j < DB.
+template <int DB, bool BC, typename T, typename V>
+inline void wsum_n(const V* P, int rows, int ne, const T* base, int64_t rowstride, int64_t LP,
+                   V* out) {
+  V acc[DB];
+  for (int j = 0; j < DB; ++j) acc[j] = V{};
+  for (int i = 0; i < rows; ++i) {
+    const T* vb = base + i * rowstride;
+    const V* Pi = P + i * ne;
+    for (int e = 0; e < ne; ++e) {
+      const V p = Pi[e];
+      const T* vp = vb + e;
+      for (int j = 0; j < DB; ++j) acc[j] += p * ld<BC, V>(vp + j * LP);
+    }
+  }
+  for (int j = 0; j < DB; ++j) out[j] = acc[j];
+}
+
+// Calls block(integral_constant<DB>, d0) over channel blocks of 8, 4, 2, 1.
+template <typename Block>
+inline void channel_blocks(int D, Block&& block) {
+  int d0 = 0;
+  for (; d0 + 8 <= D; d0 += 8) block(std::integral_constant<int, 8>(), d0);
+  if (D - d0 >= 4) {
+    block(std::integral_constant<int, 4>(), d0);
+    d0 += 4;
+  }
+  if (D - d0 >= 2) {
+    block(std::integral_constant<int, 2>(), d0);
+    d0 += 2;
+  }
+  if (D - d0 >= 1) block(std::integral_constant<int, 1>(), d0);
+}
+
+// o[l*xs + (d0 + j)*cs] = acc[j][l] for lanes l < nv: lane l is one position, j a channel.
+template <int DB, typename T, typename V>
+inline void store_lanes(V* acc, int nv, T* o, int64_t xs, int64_t cs, int d0) {
+  if (DB == 8 && cs == 1) {
+    transpose8(acc);  // acc[l] = the 8 channels of lane l
+    for (int l = 0; l < nv; ++l) storeu<V>(o + l * xs + d0, acc[l]);
+    return;
+  }
+  for (int l = 0; l < nv; ++l)
+    for (int j = 0; j < DB; ++j) o[l * xs + (d0 + j) * cs] = acc[j][l];
+}
+
+// Window starts of one residue class of one axis (group coordinates).
+struct Axis {
+  int G;
+  std::vector<int> s;
+};
+
+inline Axis make_axis(int L, int k, int d, int r) {
+  Axis a;
+  a.G = (L - r + d - 1) / d;
+  a.s.resize(a.G);
+  for (int j = 0; j < a.G; ++j) a.s[j] = std::min(std::max(j - k / 2, 0), a.G - k);
+  return a;
+}
+
+struct Strides {
+  int64_t s[5];
+};
+
+inline Strides strides_of(const at::Tensor& t) {
+  Strides st;
+  for (int i = 0; i < 5; ++i) st.s[i] = t.stride(i);
+  return st;
+}
+
+template <typename T>
+struct Problem {
+  int B, NH, H, W, D, Dv, kh, kw, dh, dw;
+  T scale;
+  const T *q, *k, *v, *rpb, *dout, *gattn;
+  Strides sq, sk, sv, sdo;
+  T *out, *attn, *dq, *dk, *dv;
+  Strides so, sdq, sdk, sdv;
+  double* drpb_part;  // [tasks][(2kh-1)(2kw-1)]
+};
+
+// A block of NL consecutive queries x0.. of a row (only columns matter; rows are shared).
+// Its logits are "entries" 0..ne-1 per window row:
+//  * relative (abs = false): entry e is the key at column x + lo + e - (kw-1) for lane x, i.e.
+//    extended index lo + e (= its RPB column); key vectors are contiguous loads;
+//  * absolute (abs = true): entry e is the key at column lo + e for every lane; key vectors are
+//    broadcasts and the RPB column differs per lane.
+// The block takes whichever has fewer entries (interior: relative, kw entries; maps about as
+// narrow as the window: absolute, e.g. kw entries when every window is the whole row).
+// f[l] is the entry of lane l's first window position; mask[e] flags lanes whose window holds e.
+template <typename T, typename V>
+struct Block {
+  int x0, nv, lo, ne;
+  bool abs;
+  int f[NL], sw[NL];
+  V mask[32];
+
+  void init(const Axis& ax, int x0_, int kw) {
+    x0 = x0_;
+    nv = std::min(NL, ax.G - x0);
+    int es[NL];
+    int emin = 1 << 30, emax = -1;
+    for (int l = 0; l < NL; ++l) {
+      const int x = x0 + std::min(l, nv - 1);
+      sw[l] = ax.s[x];
+      es[l] = ax.s[x] - x + kw - 1;
+      emin = std::min(emin, es[l]);
+      emax = std::max(emax, es[l]);
+    }
+    const int ne_rel = emax + kw - emin;
+    const int ne_abs = sw[nv - 1] + kw - sw[0];
+    abs = ne_abs < ne_rel;
+    lo = abs ? sw[0] : emin;
+    ne = abs ? ne_abs : ne_rel;
+    for (int l = 0; l < NL; ++l) f[l] = (abs ? sw[l] : es[l]) - lo;
+    for (int e = 0; e < ne; ++e) {
+      V m;
+      for (int l = 0; l < NL; ++l) m[l] = (l < nv && e >= f[l] && e < f[l] + kw) ? T(1) : T(0);
+      mask[e] = m;
+    }
+  }
+  // Pointer offset (in columns, from the padded row start PL) of entry 0 for this block.
+  int key_col0(int kw) const { return abs ? lo : x0 + lo - (kw - 1); }
+};
+
+// One task: a (batch, head, row residue, column residue) sub-grid; transposed copies.
+template <typename T>
+struct Task {
+  int b, h, rh, rw, Gh, Gw, PL;
+  int64_t LP;
+  Axis ay, ax;
+
+  Task(const Problem<T>& P, int64_t t) {
+    rw = t % P.dw;
+    t /= P.dw;
+    rh = t % P.dh;
+    t /= P.dh;
+    h = t % P.NH;
+    b = t / P.NH;
+    ay = make_axis(P.H, P.kh, P.dh, rh);
+    ax = make_axis(P.W, P.kw, P.dw, rw);
+    Gh = ay.G;
+    Gw = ax.G;
+    PL = P.kw - 1;
+    LP = PL + Gw + NL + P.kw + 8;
+  }
+
+  // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[(y*C + c)*LP + PL + x], zero padding elsewhere.
+  void gather(const Problem<T>& P, const T* src, const Strides& st, int C,
+              std::vector<T>& buf) const {
+    buf.assign((size_t)Gh * C * LP, T(0));
+    const T* base = src + b * st.s[0] + h * st.s[1];
+    using V = typename VecOf<T>::type;
+    const int C8 = st.s[4] == 1 ? C / 8 * 8 : 0;  // channels moved by 8x8 transposes
+    for (int y = 0; y < Gh; ++y) {
+      const T* row = base + (int64_t)(rh + P.dh * y) * st.s[2];
+      T* dst = buf.data() + (int64_t)y * C * LP + PL;
+      for (int x0 = 0; x0 < Gw; x0 += NL) {
+        const int nx = std::min(NL, Gw - x0);
+        for (int c0 = 0; c0 < C8; c0 += 8) {
+          V r[8];
+          for (int l = 0; l < 8; ++l)
+            r[l] = l < nx ? loadu<V>(row + (int64_t)(rw + P.dw * (x0 + l)) * st.s[3] + c0) : V{};
+          transpose8(r);
+          for (int j = 0; j < 8; ++j) storeu<V>(dst + (int64_t)(c0 + j) * LP + x0, r[j]);
+        }
+        for (int x = x0; x < x0 + nx; ++x) {
+          const T* p = row + (int64_t)(rw + P.dw * x) * st.s[3];
+          for (int c = C8; c < C; ++c) dst[c * LP + x] = p[c * st.s[4]];
+        }
+      }
+    }
+  }
+
+  template <typename V>
+  std::vector<Block<T, V>> blocks(int kw) const {
+    std::vector<Block<T, V>> out((Gw + NL - 1) / NL);
+    for (size_t i = 0; i < out.size(); ++i) out[i].init(ax, (int)i * NL, kw);
+    return out;
+  }
+};
+
+// sum over (window row i, entry e) of W[i, e] * X[key of (i, e)] for channels d0..d0+DB-1.
+template <int DB, typename T, typename V>
+inline void block_wsum_n(const Block<T, V>& bk, const V* Wt, int rows, const T* base,
+                         int64_t rowstride, int64_t LP, V* acc) {
+  if (bk.abs)
+    wsum_n<DB, true, T, V>(Wt, rows, bk.ne, base, rowstride, LP, acc);
+  else
+    wsum_n<DB, false, T, V>(Wt, rows, bk.ne, base, rowstride, LP, acc);
+}
+
+// L[i*ne + e] = a . XT[key of (i, e)] for the block's lanes (a: the lanes' own vectors in AT).
+template <typename T, typename V>
+inline void block_dots(const Task<T>& tk, const Block<T, V>& bk, const T* AT, const T* XT, int C,
+                       int y, int sh, int kh, int kw, V* L) {
+  const T* ab = AT + (int64_t)y * C * tk.LP + tk.PL + bk.x0;
+  for (int i = 0; i < kh; ++i) {
+    const T* xb = XT + (int64_t)(sh + i) * C * tk.LP + tk.PL + bk.key_col0(kw);
+    if (bk.abs)
+      dots<true, T, V>(ab, xb, C, tk.LP, bk.ne, L + i * bk.ne);
+    else
+      dots<false, T, V>(ab, xb, C, tk.LP, bk.ne, L + i * bk.ne);
+  }
+}
+
+// Logits (scaled, + RPB) of one block into L[i*ne + e], then the masked softmax in place:
+// L = exp(logit - max) (0 outside the windows), normalised when `normalize`; returns 1 / sum.
+template <typename T, typename V>
+inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
+                       const T* QT, const T* KT, int y, V* L, bool normalize) {
+  const int kh = P.kh, kw = P.kw;
+  const int sh = tk.ay.s[y];
+  const int ne = bk.ne;
+  block_dots<T, V>(tk, bk, QT, KT, P.D, y, sh, kh, kw, L);
+  const V sc = splat<V>(P.scale);
+  const V zero = V{};
+  const V ninf = splat<V>(-std::numeric_limits<T>::infinity());
+  V m = ninf;
+  const T* rpbh = P.rpb ? P.rpb + (int64_t)tk.h * (2 * kh - 1) * (2 * kw - 1) : nullptr;
+  for (int i = 0; i < kh; ++i) {
+    V* Li = L + i * ne;
+    const T* rr = rpbh ? rpbh + (int64_t)(sh + i - y + kh - 1) * (2 * kw - 1) : nullptr;
+    for (int e = 0; e < ne; ++e) {
+      V l = Li[e] * sc;
+      if (rr && !bk.abs) {
+        l += rr[bk.lo + e];
+      } else if (rr) {
+        V bias;
+        for (int ln = 0; ln < NL; ++ln) {
+          // key column lo + e seen from query x0 + ln: RPB column (lo + e) - x + kw - 1
+          const int c = bk.lo + e - (bk.x0 + ln) + kw - 1;
+          bias[ln] = rr[std::min(std::max(c, 0), 2 * kw - 2)];
+        }
+        l += bias;
+      }
+      Li[e] = l;
+      m = ((bk.mask[e] > zero) & (l > m)) ? l : m;
+    }
+  }
+  m = m > ninf ? m : zero;  // lanes past the end of the row
+  V s = zero;
+  const V far = splat<V>(T(-80));
+  for (int i = 0; i < kh; ++i)
+    for (int e = 0; e < ne; ++e) {
+      V a = L[i * ne + e] - m;
+      a = bk.mask[e] > zero ? a : far;
+      const V p = vexp(a) * bk.mask[e];
+      L[i * ne + e] = p;
+      s += p;
+    }
+  s = s > zero ? s : splat<V>(T(1));
+  const V inv = splat<V>(T(1)) / s;
+  if (normalize)
+    for (int i = 0; i < kh * ne; ++i) L[i] = L[i] * inv;
+  return inv;
+}
+
+// dst[b,h,Y,X,c] = mult * lm * sum_{i,e} W[i,e] * XT[key of (i, e)][c] for the block's queries.
+template <typename T, typename V>
+inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
+                       const V* Wt, const T* XT, int C, int y, T mult, const V& lm, T* dst,
+                       const Strides& sd) {
+  const int sh = tk.ay.s[y];
+  const T* base = XT + (int64_t)sh * C * tk.LP + tk.PL + bk.key_col0(P.kw);
+  T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * y) * sd.s[2];
+  const V f = lm * mult;
+  channel_blocks(C, [&](auto DBc, int d0) {
+    constexpr int DB = decltype(DBc)::value;
+    V acc[DB];
+    block_wsum_n<DB, T, V>(bk, Wt, P.kh, base + d0 * tk.LP, (int64_t)C * tk.LP, tk.LP, acc);
+    for (int j = 0; j < DB; ++j) acc[j] *= f;
+    store_lanes<DB, T, V>(acc, bk.nv, ob + (int64_t)(tk.rw + P.dw * bk.x0) * sd.s[3],
+                          P.dw * sd.s[3], sd.s[4], d0);
+  });
+}
+
+template <typename T>
+void forward_task(const Problem<T>& P, int64_t t) {
+  using V = typename VecOf<T>::type;
+  Task<T> tk(P, t);
+  static thread_local std::vector<T> QT, KT, VT;
+  tk.gather(P, P.q, P.sq, P.D, QT);
+  tk.gather(P, P.k, P.sk, P.D, KT);
+  tk.gather(P, P.v, P.sv, P.Dv, VT);
+  const int kh = P.kh, kw = P.kw, KK = kh * kw;
+  std::vector<V> L((size_t)kh * (2 * kw - 1));
+  const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
+  // Column blocks outside, rows inside: consecutive rows reuse kh - 1 of their key rows, and a
+  // block's strip of keys and values stays in the L1 / L2 cache.
+  for (const Block<T, V>& bk : blocks) {
+    for (int y = 0; y < tk.Gh; ++y) {
+      const bool attn = P.attn != nullptr;
+      const V inv = block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), attn);
+      block_wsum<T, V>(P, tk, bk, L.data(), VT.data(), P.Dv, y, T(1),
+                       attn ? splat<V>(T(1)) : inv, P.out, P.so);
+      if (P.attn) {
+        const int Y = tk.rh + P.dh * y;
+        for (int l = 0; l < bk.nv; ++l) {
+          const int X = tk.rw + P.dw * (bk.x0 + l);
+          T* a = P.attn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
+          for (int i = 0; i < kh; ++i)
+            for (int c = 0; c < kw; ++c) a[i * kw + c] = L[i * bk.ne + bk.f[l] + c][l];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_task(const Problem<T>& P, int64_t t) {
+  using V = typename VecOf<T>::type;
+  Task<T> tk(P, t);
+  const int kh = P.kh, kw = P.kw, KK = kh * kw, D = P.D, Dv = P.Dv, NE = 2 * kw - 1;
+  const int Gh = tk.Gh, Gw = tk.Gw, PL = tk.PL;
+  const int64_t LP = tk.LP;
+  static thread_local std::vector<T> QT, KT, VT, DOT;
+  tk.gather(P, P.q, P.sq, D, QT);
+  tk.gather(P, P.k, P.sk, D, KT);
+  tk.gather(P, P.v, P.sv, Dv, VT);
+  tk.gather(P, P.dout, P.sdo, Dv, DOT);
+  const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
+
+  // Query rows whose windows hold key row r: [ylo[r], yhi[r]]. Per key column c: the extended
+  // indices [eklo, ekhi] and the query columns [xqlo, xqhi] it is reached from.
+  std::vector<int> ylo(Gh, 1 << 30), yhi(Gh, -1);
+  std::vector<int> eklo(Gw, 1 << 30), ekhi(Gw, -1), xqlo(Gw, 1 << 30), xqhi(Gw, -1);
+  for (int y = 0; y < Gh; ++y)
+    for (int i = 0; i < kh; ++i) {
+      const int r = tk.ay.s[y] + i;
+      ylo[r] = std::min(ylo[r], y);
+      yhi[r] = std::max(yhi[r], y);
+    }
+  for (int x = 0; x < Gw; ++x)
+    for (int c = 0; c < kw; ++c) {
+      const int kc = tk.ax.s[x] + c, e = tk.ax.s[x] - x + kw - 1 + c;
+      eklo[kc] = std::min(eklo[kc], e);
+      ekhi[kc] = std::max(ekhi[kc], e);
+      xqlo[kc] = std::min(xqlo[kc], x);
+      xqhi[kc] = std::max(xqhi[kc], x);
+    }
+  // Key blocks: which query entries each reads, relative (extended index) or absolute (query
+  // column); the cheaper over the row decides the ring layout of this task.
+  const int nkb = (Gw + NL - 1) / NL;
+  std::vector<int> kE0(nkb), kE1(nkb), kX0(nkb), kX1(nkb);
+  int64_t cost_rel = 0, cost_abs = 0;
+  for (int kb = 0; kb < nkb; ++kb) {
+    const int kc0 = kb * NL, nv = std::min(NL, Gw - kc0);
+    kE0[kb] = kX0[kb] = 1 << 30;
+    kE1[kb] = kX1[kb] = -1;
+    for (int l = 0; l < nv; ++l) {
+      kE0[kb] = std::min(kE0[kb], eklo[kc0 + l]);
+      kE1[kb] = std::max(kE1[kb], ekhi[kc0 + l]);
+      kX0[kb] = std::min(kX0[kb], xqlo[kc0 + l]);
+      kX1[kb] = std::max(kX1[kb], xqhi[kc0 + l]);
+    }
+    cost_rel += kE1[kb] - kE0[kb] + 1;
+    cost_abs += kX1[kb] - kX0[kb] + 1;
+  }
+  const bool ring_abs = cost_abs < cost_rel;
+  // Ring of query rows: P and dS per (window row i, entry) -- relative: [i][e][PL + x];
+  // absolute: [i][x][key column] (rows of LPk).
+  const int64_t LPk = Gw + NL;
+  int ring = 1;
+  for (int r = 0; r < Gh; ++r) ring = std::max(ring, yhi[r] - ylo[r] + 1);
+  const int64_t slot_size = ring_abs ? (int64_t)kh * Gw * LPk : (int64_t)kh * NE * LP;
+  std::vector<T> PB((size_t)ring * slot_size), SB((size_t)ring * slot_size);
+  std::vector<V> L((size_t)kh * NE), DP((size_t)kh * NE);
+  std::vector<double> drpb((size_t)(2 * kh - 1) * NE, 0.0);
+  const V zero = V{};
+
+  auto pass1 = [&](int y) {
+    const int slot = y % ring;
+    T* pb = PB.data() + slot * slot_size;
+    T* sb = SB.data() + slot * slot_size;
+    std::fill(pb, pb + slot_size, T(0));
+    std::fill(sb, sb + slot_size, T(0));
+    const int sh = tk.ay.s[y];
+    const int Y = tk.rh + P.dh * y;
+    for (const Block<T, V>& bk : blocks) {
+      const int ne = bk.ne;
+      block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), true);
+      block_dots<T, V>(tk, bk, DOT.data(), VT.data(), Dv, y, sh, kh, kw, DP.data());
+      if (P.gattn) {
+        for (int l = 0; l < bk.nv; ++l) {
+          const int X = tk.rw + P.dw * (bk.x0 + l);
+          const T* g = P.gattn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
+          for (int i = 0; i < kh; ++i)
+            for (int c = 0; c < kw; ++c) DP[i * ne + bk.f[l] + c][l] += g[i * kw + c];
+        }
+      }
+      V delta = zero;
+      for (int i = 0; i < kh * ne; ++i) delta += L[i] * DP[i];
+      for (int i = 0; i < kh * ne; ++i) DP[i] = L[i] * (DP[i] - delta);
+      if (P.drpb_part) {
+        for (int i = 0; i < kh; ++i) {
+          double* row = drpb.data() + (int64_t)(sh + i - y + kh - 1) * NE;
+          if (!bk.abs) {
+            for (int e = 0; e < ne; ++e) row[bk.lo + e] += (double)hsum<V, T>(DP[i * ne + e]);
+          } else {
+            for (int l = 0; l < bk.nv; ++l)
+              for (int c = 0; c < kw; ++c)
+                row[bk.sw[l] - (bk.x0 + l) + kw - 1 + c] += (double)DP[i * ne + bk.f[l] + c][l];
+          }
+        }
+      }
+      block_wsum<T, V>(P, tk, bk, DP.data(), KT.data(), D, y, P.scale, splat<V>(T(1)), P.dq,
+                       P.sdq);
+      if (!ring_abs && !bk.abs) {
+        for (int i = 0; i < kh; ++i)
+          for (int e = 0; e < ne; ++e) {
+            const int64_t off = ((int64_t)i * NE + bk.lo + e) * LP + PL + bk.x0;
+            storeu<V, T>(pb + off, L[i * ne + e]);
+            storeu<V, T>(sb + off, DP[i * ne + e]);
+          }
+      } else {
+        for (int l = 0; l < bk.nv; ++l) {
+          const int x = bk.x0 + l;
+          for (int i = 0; i < kh; ++i)
+            for (int c = 0; c < kw; ++c) {
+              const int64_t off = ring_abs
+                  ? ((int64_t)i * Gw + x) * LPk + bk.sw[l] + c
+                  : ((int64_t)i * NE + bk.sw[l] - x + kw - 1 + c) * LP + PL + x;
+              pb[off] = L[i * ne + bk.f[l] + c][l];
+              sb[off] = DP[i * ne + bk.f[l] + c][l];
+            }
+        }
+      }
+    }
+  };
+
+  // dk / dv of key row r, gathered from the ring (key-centric).
+  auto pass2 = [&](int r) {
+    const int Y = tk.rh + P.dh * r;
+    for (int kb = 0; kb < nkb; ++kb) {
+      const int kc0 = kb * NL, nv = std::min(NL, Gw - kc0);
+      for (int which = 0; which < 2; ++which) {
+        const T* buf = which == 0 ? SB.data() : PB.data();
+        const T* X = which == 0 ? QT.data() : DOT.data();
+        const int C = which == 0 ? D : Dv;
+        const T mult = which == 0 ? P.scale : T(1);
+        T* dst = which == 0 ? P.dk : P.dv;
+        const Strides& sd = which == 0 ? P.sdk : P.sdv;
+        T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)Y * sd.s[2];
+        channel_blocks(C, [&](auto DBc, int d0) {
+          constexpr int DB = decltype(DBc)::value;
+          V acc[DB];
+          for (int j = 0; j < DB; ++j) acc[j] = V{};
+          for (int y = ylo[r]; y <= yhi[r]; ++y) {
+            const int i = r - tk.ay.s[y];
+            const T* xbase = X + ((int64_t)y * C + d0) * LP;
+            if (ring_abs) {
+              const T* sbase = buf + (y % ring) * slot_size + (int64_t)i * Gw * LPk + kc0;
+              for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
+                const V s = loadu<V>(sbase + (int64_t)x * LPk);
+                const T* xp = xbase + PL + x;
+                for (int j = 0; j < DB; ++j) acc[j] += s * splat<V>(xp[j * LP]);
+              }
+            } else {
+              const T* sbase = buf + (y % ring) * slot_size + (int64_t)i * NE * LP;
+              for (int e = kE0[kb]; e <= kE1[kb]; ++e) {
+                const int64_t col = PL + kc0 - e + kw - 1;
+                const V s = loadu<V>(sbase + (int64_t)e * LP + col);
+                const T* xp = xbase + col;
+                for (int j = 0; j < DB; ++j) acc[j] += s * loadu<V>(xp + j * LP);
+              }
+            }
+          }
+          for (int j = 0; j < DB; ++j) acc[j] *= mult;
+          store_lanes<DB, T, V>(acc, nv, ob + (int64_t)(tk.rw + P.dw * kc0) * sd.s[3],
+                                P.dw * sd.s[3], sd.s[4], d0);
+        });
+      }
+    }
+  };
+
+  int next = 0;
+  for (int r = 0; r < Gh; ++r) {
+    while (next <= yhi[r]) pass1(next++);
+    pass2(r);
+  }
+  if (P.drpb_part) {
+    double* part = P.drpb_part + t * (int64_t)(2 * kh - 1) * NE;
+    std::copy(drpb.begin(), drpb.end(), part);
+  }
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const c10::optional<at::Tensor>& rpb, int64_t kh, int64_t kw, int64_t dh,
+                  int64_t dw) {
+  for (const at::Tensor* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->device().is_cpu(), "na2d cpp backend: tensors must be on the CPU");
+    TORCH_CHECK(t->dim() == 5, "na2d cpp backend: q, k, v must be 5-D [B, heads, H, W, D]");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "na2d cpp backend: dtypes differ");
+  }
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "na2d cpp backend: float32 or float64 only (cast half types first)");
+  TORCH_CHECK(k.sizes() == q.sizes(), "na2d cpp backend: q and k must have the same shape");
+  TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(2) == q.size(2) &&
+                  v.size(3) == q.size(3),
+              "na2d cpp backend: v must match q in batch, heads, height and width");
+  TORCH_CHECK(kh >= 1 && kw >= 1 && kh % 2 == 1 && kw % 2 == 1, "na2d cpp backend: odd kernels");
+  TORCH_CHECK(kw <= 15 && kh <= 15, "na2d cpp backend: kernel sizes up to 15");
+  TORCH_CHECK(dh >= 1 && dw >= 1, "na2d cpp backend: dilations >= 1");
+  TORCH_CHECK(q.size(2) >= kh * dh && q.size(3) >= kw * dw,
+              "na2d cpp backend: the map must be at least kernel_size * dilation per axis");
+  if (rpb.has_value()) {
+    TORCH_CHECK(rpb->dim() == 3 && rpb->size(0) == q.size(1) && rpb->size(1) == 2 * kh - 1 &&
+                    rpb->size(2) == 2 * kw - 1,
+                "na2d cpp backend: rpb must be [heads, 2*kh-1, 2*kw-1]");
+    TORCH_CHECK(rpb->scalar_type() == q.scalar_type(), "na2d cpp backend: rpb dtype differs");
+  }
+}
+
+// [B, heads, H, W, C] view of a [B, H, W, heads, C] buffer: the layout the model reshapes for free.
+at::Tensor like_canonical(const at::Tensor& x, int64_t C) {
+  return at::empty({x.size(0), x.size(2), x.size(3), x.size(1), C}, x.options())
+      .permute({0, 3, 1, 2, 4});
+}
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& rpbc, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                        double scale) {
+  Problem<T> P{};
+  P.B = q.size(0);
+  P.NH = q.size(1);
+  P.H = q.size(2);
+  P.W = q.size(3);
+  P.D = q.size(4);
+  P.Dv = v.size(4);
+  P.kh = kh;
+  P.kw = kw;
+  P.dh = dh;
+  P.dw = dw;
+  P.scale = (T)scale;
+  P.q = q.data_ptr<T>();
+  P.k = k.data_ptr<T>();
+  P.v = v.data_ptr<T>();
+  P.rpb = rpbc.defined() ? rpbc.data_ptr<T>() : nullptr;
+  P.sq = strides_of(q);
+  P.sk = strides_of(k);
+  P.sv = strides_of(v);
+  return P;
+}
+
+std::vector<at::Tensor> na2d_forward(const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const c10::optional<at::Tensor>& rpb,
+                                     int64_t kh, int64_t kw, int64_t dh, int64_t dw, double scale,
+                                     bool return_attn) {
+  check_inputs(q, k, v, rpb, kh, kw, dh, dw);
+  at::Tensor rpbc = rpb.has_value() ? rpb->contiguous() : at::Tensor();
+  at::Tensor out = like_canonical(q, v.size(4));
+  at::Tensor attn = return_attn ? at::empty({q.size(0), q.size(1), q.size(2), q.size(3), kh * kw},
+                                            q.options())
+                                : at::empty({0}, q.options());
+  const int64_t tasks = q.size(0) * q.size(1) * dh * dw;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_cpp_forward", [&] {
+    Problem<scalar_t> P = make_problem<scalar_t>(q, k, v, rpbc, kh, kw, dh, dw, scale);
+    P.out = out.data_ptr<scalar_t>();
+    P.so = strides_of(out);
+    P.attn = return_attn ? attn.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
+      for (int64_t t = s; t < e; ++t) forward_task<scalar_t>(P, t);
+    });
+  });
+  return {out, attn};
+}
+
+std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& gattn,
+                                      const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const c10::optional<at::Tensor>& rpb,
+                                      int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                      double scale, bool rpb_grad) {
+  check_inputs(q, k, v, rpb, kh, kw, dh, dw);
+  TORCH_CHECK(dout.sizes() == v.sizes() && dout.scalar_type() == q.scalar_type(),
+              "na2d cpp backend: grad of out must match v");
+  at::Tensor rpbc = rpb.has_value() ? rpb->contiguous() : at::Tensor();
+  at::Tensor ga;
+  if (gattn.has_value() && gattn->defined() && gattn->numel() > 0) {
+    TORCH_CHECK(gattn->dim() == 5 && gattn->size(4) == kh * kw,
+                "na2d cpp backend: grad of attn must be [B, heads, H, W, kh*kw]");
+    ga = gattn->to(q.scalar_type()).contiguous();
+  }
+  at::Tensor dq = like_canonical(q, q.size(4));
+  at::Tensor dk = like_canonical(k, k.size(4));
+  at::Tensor dv = like_canonical(v, v.size(4));
+  const int64_t tasks = q.size(0) * q.size(1) * dh * dw;
+  const int64_t nb = (2 * kh - 1) * (2 * kw - 1);
+  const bool want_rpb = rpb_grad && rpb.has_value();
+  at::Tensor part = want_rpb ? at::zeros({tasks, nb}, q.options().dtype(at::kDouble))
+                             : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_cpp_backward", [&] {
+    Problem<scalar_t> P = make_problem<scalar_t>(q, k, v, rpbc, kh, kw, dh, dw, scale);
+    P.dout = dout.data_ptr<scalar_t>();
+    P.sdo = strides_of(dout);
+    P.gattn = ga.defined() ? ga.data_ptr<scalar_t>() : nullptr;
+    P.dq = dq.data_ptr<scalar_t>();
+    P.dk = dk.data_ptr<scalar_t>();
+    P.dv = dv.data_ptr<scalar_t>();
+    P.sdq = strides_of(dq);
+    P.sdk = strides_of(dk);
+    P.sdv = strides_of(dv);
+    P.drpb_part = want_rpb ? part.data_ptr<double>() : nullptr;
+    at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
+      for (int64_t t = s; t < e; ++t) backward_task<scalar_t>(P, t);
+    });
+  });
+  at::Tensor drpb;
+  if (want_rpb) {
+    // task t belongs to head (t / (dh*dw)) % heads
+    drpb = part.view({q.size(0), q.size(1), dh * dw, nb})
+               .sum({0, 2})
+               .view({q.size(1), 2 * kh - 1, 2 * kw - 1})
+               .to(rpb->scalar_type());
+  } else {
+    drpb = at::empty({0}, q.options());
+  }
+  return {dq, dk, dv, drpb};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &na2d_forward, "neighborhood attention forward (CPU)");
+  m.def("backward", &na2d_backward, "neighborhood attention backward (CPU)");
+}
