@@ -68,7 +68,8 @@ inline void storeu(T* p, const V& v) {
 
 template <typename V, typename T>
 inline V splat(T x) {
-  return V{} + x;  // scalar operands of vector arithmetic are broadcast (one vbroadcast)
+  static_assert(NL == 8, "splat lists NL lanes");
+  return V{x, x, x, x, x, x, x, x};  // one vbroadcast
 }
 
 #ifdef __clang__
@@ -302,7 +303,7 @@ struct Block {
 // One task: a (batch, head, row residue, column residue) sub-grid; transposed copies.
 template <typename T>
 struct Task {
-  int b, h, rh, rw, Gh, Gw, PL;
+  int b, h, rh, rw, Gh, Gw, PL, nqb;
   int64_t LP;
   Axis ay, ax;
 
@@ -319,6 +320,7 @@ struct Task {
     Gw = ax.G;
     PL = P.kw - 1;
     LP = PL + Gw + NL + P.kw + 8;
+    nqb = (Gw + NL - 1) / NL;
   }
 
   // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[(y*C + c)*LP + PL + x], zero padding elsewhere.
@@ -331,8 +333,20 @@ struct Task {
     for (int y = 0; y < Gh; ++y) {
       const T* row = base + (int64_t)(rh + P.dh * y) * st.s[2];
       T* dst = buf.data() + (int64_t)y * C * LP + PL;
+      if (y + 1 < Gh) {  // the start of the next row: strided reads the hardware does not see
+        const T* nrow = row + (int64_t)P.dh * st.s[2];
+        for (int x = 0; x < std::min(Gw, 2 * NL); ++x)
+          for (int c = 0; c < C; c += 64 / (int)sizeof(T))
+            __builtin_prefetch(nrow + (int64_t)(rw + P.dw * x) * st.s[3] + c * st.s[4]);
+      }
       for (int x0 = 0; x0 < Gw; x0 += NL) {
         const int nx = std::min(NL, Gw - x0);
+        if (x0 + 2 * NL < Gw) {  // the next blocks' rows: strided reads the hardware misses
+          for (int l = 0; l < NL; ++l) {
+            const T* pf = row + (int64_t)(rw + P.dw * (x0 + 2 * NL + l)) * st.s[3];
+            for (int c = 0; c < C; c += 64 / (int)sizeof(T)) __builtin_prefetch(pf + c * st.s[4]);
+          }
+        }
         for (int c0 = 0; c0 < C8; c0 += 8) {
           V r[8];
           for (int l = 0; l < 8; ++l)
@@ -380,11 +394,40 @@ inline void block_dots(const Task<T>& tk, const Block<T, V>& bk, const T* AT, co
   }
 }
 
+// RPB of absolute blocks as lane vectors: [RPB row][block][entry] (the RPB column of entry e
+// differs per lane there); empty when there is no RPB or no absolute block.
+template <typename T, typename V>
+std::vector<V> abs_bias_table(const Problem<T>& P, const Task<T>& tk,
+                              const std::vector<Block<T, V>>& blocks) {
+  std::vector<V> out;
+  bool any = false;
+  for (const auto& bk : blocks) any = any || bk.abs;
+  if (!P.rpb || !any) return out;
+  const int kh = P.kh, kw = P.kw, NE = 2 * kw - 1;
+  out.assign((size_t)(2 * kh - 1) * tk.nqb * NE, V{});
+  const T* rpbh = P.rpb + (int64_t)tk.h * (2 * kh - 1) * NE;
+  for (int rr = 0; rr < 2 * kh - 1; ++rr)
+    for (const auto& bk : blocks) {
+      if (!bk.abs) continue;
+      for (int e = 0; e < bk.ne; ++e) {
+        V bias;
+        for (int l = 0; l < NL; ++l) {
+          // key column lo + e seen from query x0 + l: RPB column (lo + e) - x + kw - 1
+          const int c = bk.lo + e - (bk.x0 + l) + kw - 1;
+          bias[l] = rpbh[rr * NE + std::min(std::max(c, 0), NE - 1)];
+        }
+        out[((int64_t)rr * tk.nqb + bk.x0 / NL) * NE + e] = bias;
+      }
+    }
+  return out;
+}
+
 // Logits (scaled, + RPB) of one block into L[i*ne + e], then the masked softmax in place:
 // L = exp(logit - max) (0 outside the windows), normalised when `normalize`; returns 1 / sum.
 template <typename T, typename V>
 inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
-                       const T* QT, const T* KT, int y, V* L, bool normalize) {
+                       const T* QT, const T* KT, int y, V* L, bool normalize,
+                       const V* absbias) {
   const int kh = P.kh, kw = P.kw;
   const int sh = tk.ay.s[y];
   const int ne = bk.ne;
@@ -402,13 +445,7 @@ inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
       if (rr && !bk.abs) {
         l += rr[bk.lo + e];
       } else if (rr) {
-        V bias;
-        for (int ln = 0; ln < NL; ++ln) {
-          // key column lo + e seen from query x0 + ln: RPB column (lo + e) - x + kw - 1
-          const int c = bk.lo + e - (bk.x0 + ln) + kw - 1;
-          bias[ln] = rr[std::min(std::max(c, 0), 2 * kw - 2)];
-        }
-        l += bias;
+        l += absbias[((int64_t)(sh + i - y + kh - 1) * tk.nqb + bk.x0 / NL) * (2 * kw - 1) + e];
       }
       Li[e] = l;
       m = ((bk.mask[e] > zero) & (l > m)) ? l : m;
@@ -462,12 +499,14 @@ void forward_task(const Problem<T>& P, int64_t t) {
   const int kh = P.kh, kw = P.kw, KK = kh * kw;
   std::vector<V> L((size_t)kh * (2 * kw - 1));
   const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
+  const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
   // Column blocks outside, rows inside: consecutive rows reuse kh - 1 of their key rows, and a
   // block's strip of keys and values stays in the L1 / L2 cache.
   for (const Block<T, V>& bk : blocks) {
     for (int y = 0; y < tk.Gh; ++y) {
       const bool attn = P.attn != nullptr;
-      const V inv = block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), attn);
+      const V inv =
+          block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), attn, absb.data());
       block_wsum<T, V>(P, tk, bk, L.data(), VT.data(), P.Dv, y, T(1),
                        attn ? splat<V>(T(1)) : inv, P.out, P.so);
       if (P.attn) {
@@ -496,6 +535,7 @@ void backward_task(const Problem<T>& P, int64_t t) {
   tk.gather(P, P.v, P.sv, Dv, VT);
   tk.gather(P, P.dout, P.sdo, Dv, DOT);
   const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
+  const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
 
   // Query rows whose windows hold key row r: [ylo[r], yhi[r]]. Per key column c: the extended
   // indices [eklo, ekhi] and the query columns [xqlo, xqhi] it is reached from.
@@ -536,13 +576,16 @@ void backward_task(const Problem<T>& P, int64_t t) {
   const bool ring_abs = cost_abs < cost_rel;
   // Ring of query rows: P and dS per (window row i, entry) -- relative: [i][e][PL + x];
   // absolute: [i][x][key column] (rows of LPk).
-  const int64_t LPk = Gw + NL;
+  const int64_t LPk = Gw + 2 * NL;  // room for the 8-entry stores of the last entries
   int ring = 1;
   for (int r = 0; r < Gh; ++r) ring = std::max(ring, yhi[r] - ylo[r] + 1);
   const int64_t slot_size = ring_abs ? (int64_t)kh * Gw * LPk : (int64_t)kh * NE * LP;
   std::vector<T> PB((size_t)ring * slot_size), SB((size_t)ring * slot_size);
   std::vector<V> L((size_t)kh * NE), DP((size_t)kh * NE);
-  std::vector<double> drpb((size_t)(2 * kh - 1) * NE, 0.0);
+  // dS summed per (RPB row, block, entry) as lane vectors; reduced to the RPB table at the end
+  // (each block maps (entry, lane) to a fixed RPB column).
+  const int nqb = tk.nqb;
+  std::vector<V> gacc(P.drpb_part ? (size_t)(2 * kh - 1) * nqb * NE : 0, V{});
   const V zero = V{};
 
   auto pass1 = [&](int y) {
@@ -555,7 +598,7 @@ void backward_task(const Problem<T>& P, int64_t t) {
     const int Y = tk.rh + P.dh * y;
     for (const Block<T, V>& bk : blocks) {
       const int ne = bk.ne;
-      block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), true);
+      block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), true, absb.data());
       block_dots<T, V>(tk, bk, DOT.data(), VT.data(), Dv, y, sh, kh, kw, DP.data());
       if (P.gattn) {
         for (int l = 0; l < bk.nv; ++l) {
@@ -569,20 +612,32 @@ void backward_task(const Problem<T>& P, int64_t t) {
       for (int i = 0; i < kh * ne; ++i) delta += L[i] * DP[i];
       for (int i = 0; i < kh * ne; ++i) DP[i] = L[i] * (DP[i] - delta);
       if (P.drpb_part) {
+        const int qb = bk.x0 / NL;
         for (int i = 0; i < kh; ++i) {
-          double* row = drpb.data() + (int64_t)(sh + i - y + kh - 1) * NE;
-          if (!bk.abs) {
-            for (int e = 0; e < ne; ++e) row[bk.lo + e] += (double)hsum<V, T>(DP[i * ne + e]);
-          } else {
-            for (int l = 0; l < bk.nv; ++l)
-              for (int c = 0; c < kw; ++c)
-                row[bk.sw[l] - (bk.x0 + l) + kw - 1 + c] += (double)DP[i * ne + bk.f[l] + c][l];
-          }
+          V* g = gacc.data() + ((int64_t)(sh + i - y + kh - 1) * nqb + qb) * NE;
+          for (int e = 0; e < ne; ++e) g[e] += DP[i * ne + e];
         }
       }
       block_wsum<T, V>(P, tk, bk, DP.data(), KT.data(), D, y, P.scale, splat<V>(T(1)), P.dq,
                        P.sdq);
-      if (!ring_abs && !bk.abs) {
+      if (ring_abs && bk.abs) {
+        // ring[i][x][lo + e] = P[i][e][lane x]: 8x8 transposes of (entries x lanes)
+        for (int i = 0; i < kh; ++i)
+          for (int e0 = 0; e0 < ne; e0 += 8) {
+            V rp[8], rs[8];
+            for (int j = 0; j < 8; ++j) {
+              rp[j] = e0 + j < ne ? L[i * ne + e0 + j] : zero;
+              rs[j] = e0 + j < ne ? DP[i * ne + e0 + j] : zero;
+            }
+            transpose8(rp);
+            transpose8(rs);
+            for (int l = 0; l < bk.nv; ++l) {
+              const int64_t off = ((int64_t)i * Gw + bk.x0 + l) * LPk + bk.lo + e0;
+              storeu<V, T>(pb + off, rp[l]);
+              storeu<V, T>(sb + off, rs[l]);
+            }
+          }
+      } else if (!ring_abs && !bk.abs) {
         for (int i = 0; i < kh; ++i)
           for (int e = 0; e < ne; ++e) {
             const int64_t off = ((int64_t)i * NE + bk.lo + e) * LP + PL + bk.x0;
@@ -657,7 +712,21 @@ void backward_task(const Problem<T>& P, int64_t t) {
   }
   if (P.drpb_part) {
     double* part = P.drpb_part + t * (int64_t)(2 * kh - 1) * NE;
-    std::copy(drpb.begin(), drpb.end(), part);
+    for (int rr = 0; rr < 2 * kh - 1; ++rr)
+      for (const Block<T, V>& bk : blocks) {
+        const V* g = gacc.data() + ((int64_t)rr * nqb + bk.x0 / NL) * NE;
+        double* row = part + (int64_t)rr * NE;
+        for (int e = 0; e < bk.ne; ++e) {
+          if (!bk.abs) {
+            row[bk.lo + e] += (double)hsum<V, T>(g[e]);
+          } else {
+            for (int l = 0; l < bk.nv; ++l) {  // masked lanes hold 0; keep columns in range
+              const int c = bk.lo + e - (bk.x0 + l) + kw - 1;
+              if (c >= 0 && c < NE) row[c] += (double)g[e][l];
+            }
+          }
+        }
+      }
   }
 }
 
