@@ -127,6 +127,32 @@ def _shape_vertices(shape: str, cx: float, cy: float, r: float, theta: float) ->
     return pts
 
 
+# Each shape's upright orientation (the angle of its first vertex): squares with axis-aligned
+# sides, triangles, stars and hexagons with a vertex on top (image y points down).
+_UPRIGHT = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2,
+            "hexagon": -math.pi / 2}
+
+
+def _angle(rng, shape: str, max_rotation) -> float:
+    """A shape's drawing angle: uniform over the full turn when ``max_rotation`` is None, else
+    its upright orientation turned by at most +-``max_rotation`` degrees. One uniform draw either
+    way, so the rest of the scene's random stream does not depend on ``max_rotation``."""
+    u = rng.uniform(0, 2 * math.pi)
+    if max_rotation is None:
+        return u
+    return _UPRIGHT[shape] + (u / math.pi - 1.0) * math.radians(max_rotation)
+
+
+def _check_rotation(max_rotation):
+    if max_rotation is None:
+        return None
+    if isinstance(max_rotation, bool) or not isinstance(max_rotation, (int, float, np.integer, np.floating)) \
+            or not 0 <= max_rotation <= 180:
+        raise ValueError(f"max_rotation must be None (any angle) or a number of degrees in [0, 180], "
+                         f"got {max_rotation!r}")
+    return float(max_rotation)
+
+
 def _blob_vertices(rng, cx, cy, r) -> List[Tuple[float, float]]:
     """An irregular (clutter) polygon."""
     n = int(rng.integers(7, 12))
@@ -194,6 +220,7 @@ def render_instance_scene(
     max_objects: int = 6,
     min_visible: float = 0.5,
     allow_overlap: bool = True,
+    max_rotation: Union[float, None] = None,
 ) -> Tuple[np.ndarray, List[dict]]:
     """One synthetic instance scene.
 
@@ -201,10 +228,13 @@ def render_instance_scene(
     ``category`` (index into ``classes``), ``mask`` (the visible part, ``bool (H, W)``) and
     ``polygon`` (the drawn outline, a list of (x, y)), in drawing order. Every
     shape keeps at least ``min_visible`` of its area visible; with ``allow_overlap=False`` shapes
-    do not touch (then each mask is exactly its drawn polygon).
+    do not touch (then each mask is exactly its drawn polygon). ``max_rotation``: None draws each
+    shape at any angle; a number of degrees keeps it within that of upright (squares with
+    level sides, triangles with a vertex on top).
     """
     h, w = _check_size(size)
     classes = _check_classes(classes)
+    max_rotation = _check_rotation(max_rotation)
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     img = _background(rng, h, w)
@@ -219,7 +249,7 @@ def render_instance_scene(
             r = side * rng.uniform(0.08, 0.25)
             cx = rng.uniform(r * 0.6, w - r * 0.6)
             cy = rng.uniform(r * 0.6, h - r * 0.6)
-            pts = _shape_vertices(classes[cls], cx, cy, r, rng.uniform(0, 2 * math.pi))
+            pts = _shape_vertices(classes[cls], cx, cy, r, _angle(rng, classes[cls], max_rotation))
             m = _poly_mask(pts, h, w)
             area = m.sum()
             if area < 64:
@@ -267,13 +297,16 @@ def render_semantic_scene(
     size: Union[int, Tuple[int, int]] = DEMO_SIZE,
     max_objects: int = 5,
     max_clutter: int = 2,
+    max_rotation: Union[float, None] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """One synthetic semantic scene: ``(image uint8 (H, W, 3), label uint8 (H, W))``.
 
     Labels as in ADE20K's PNGs: 0 = unlabelled (clutter), 1 = sky, 2 = ground, 3.. = the shapes of
-    ``DEFAULT_CLASSES`` in order (see ``SEMANTIC_CLASSES``).
+    ``DEFAULT_CLASSES`` in order (see ``SEMANTIC_CLASSES``). ``max_rotation`` as in
+    :func:`render_instance_scene`.
     """
     h, w = _check_size(size)
+    max_rotation = _check_rotation(max_rotation)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # sky over ground, split by a wavy horizon
     y0 = h * rng.uniform(0.3, 0.65)
@@ -298,7 +331,8 @@ def render_semantic_scene(
         r = side * rng.uniform(0.06, 0.18)
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         if kind == "shape":
-            pts = _shape_vertices(DEFAULT_CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi))
+            shape = DEFAULT_CLASSES[cls]
+            pts = _shape_vertices(shape, cx, cy, r, _angle(rng, shape, max_rotation))
             value = 3 + cls
         else:
             pts = _blob_vertices(rng, cx, cy, r)
@@ -353,13 +387,15 @@ def make_coco_instances(
     max_objects: int = 6,
     mask_format: str = "rle",
     overwrite: bool = False,
+    max_rotation: Union[float, None] = None,
 ) -> Dict[str, object]:
     """Write a COCO-format instance dataset of synthetic shape scenes under ``root``.
 
     ``mask_format``: ``"rle"`` (compressed RLE of the visible mask; shapes may occlude each other)
     or ``"polygon"`` (one polygon per shape; shapes then never overlap, so the polygon is the
-    visible region). Category ids are 1..K in the order of ``classes``. Reruns with the same
-    arguments reuse the files on disk unless ``overwrite``.
+    visible region). Category ids are 1..K in the order of ``classes``. ``max_rotation``: see
+    :func:`render_instance_scene`. Reruns with the same arguments reuse the files on disk unless
+    ``overwrite``.
 
     Returns a dict: ``root``, ``classes``, and per split (``"train"``, ``"val"``) a dict with
     ``img_dir``, ``ann_file``, ``num_images``, ``num_instances``.
@@ -369,10 +405,13 @@ def make_coco_instances(
     classes = _check_classes(classes)
     if mask_format not in ("rle", "polygon"):
         raise ValueError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
+    max_rotation = _check_rotation(max_rotation)
     root = os.path.abspath(os.fspath(root))
     params = dict(kind="coco_instances", version=_FORMAT_VERSION, n_train=n_train, n_val=n_val,
                   size=[h, w], seed=int(seed), classes=list(classes), max_objects=int(max_objects),
                   mask_format=mask_format)
+    if max_rotation is not None:  # absent = any angle, as in manifests written before it existed
+        params["max_rotation"] = max_rotation
     out: Dict[str, object] = {"root": root, "classes": classes}
     for split, n in (("train", n_train), ("val", n_val)):
         out[split] = {"img_dir": os.path.join(root, split),
@@ -392,7 +431,7 @@ def make_coco_instances(
         for i in range(n):
             img, inst = render_instance_scene(
                 _rng(seed, split, i), (h, w), classes, max_objects,
-                allow_overlap=(mask_format == "rle"))
+                allow_overlap=(mask_format == "rle"), max_rotation=max_rotation)
             fname = f"{i:06d}.jpg"
             Image.fromarray(img).save(os.path.join(img_dir, fname), quality=92)
             images.append({"id": i + 1, "file_name": fname, "height": h, "width": w})
@@ -426,8 +465,10 @@ def make_ade_semantic(
     size: Union[int, Tuple[int, int]] = DEMO_SIZE,
     seed: int = 0,
     overwrite: bool = False,
+    max_rotation: Union[float, None] = None,
 ) -> Dict[str, object]:
-    """Write an ADE20K-layout semantic dataset under ``root`` (see the module docstring).
+    """Write an ADE20K-layout semantic dataset under ``root`` (see the module docstring);
+    ``max_rotation`` as in :func:`render_instance_scene`.
 
     Returns a dict: ``root``, ``classes`` (``SEMANTIC_CLASSES``, the names of label values 1..K,
     i.e. of train ids 0..K-1 after ``reduce_zero_label``), and per split (``"training"``,
@@ -435,9 +476,12 @@ def make_ade_semantic(
     """
     n_train, n_val = _check_count(n_train, "n_train"), _check_count(n_val, "n_val")
     h, w = _check_size(size)
+    max_rotation = _check_rotation(max_rotation)
     root = os.path.abspath(os.fspath(root))
     params = dict(kind="ade_semantic", version=_FORMAT_VERSION, n_train=n_train, n_val=n_val,
                   size=[h, w], seed=int(seed), classes=list(SEMANTIC_CLASSES))
+    if max_rotation is not None:
+        params["max_rotation"] = max_rotation
     out: Dict[str, object] = {"root": root, "classes": SEMANTIC_CLASSES}
     for split, n in (("training", n_train), ("validation", n_val)):
         out[split] = {"img_dir": os.path.join(root, "images", split),
@@ -449,7 +493,7 @@ def make_ade_semantic(
         os.makedirs(out[split]["ann_dir"], exist_ok=True)
         stem = "ADE_train" if split == "training" else "ADE_val"
         for i in range(n):
-            img, label = render_semantic_scene(_rng(seed, split, i), (h, w))
+            img, label = render_semantic_scene(_rng(seed, split, i), (h, w), max_rotation=max_rotation)
             name = f"{stem}_{i:08d}"
             Image.fromarray(img).save(os.path.join(out[split]["img_dir"], name + ".jpg"), quality=92)
             Image.fromarray(label, mode="L").save(os.path.join(out[split]["ann_dir"], name + ".png"))

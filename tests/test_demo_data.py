@@ -187,3 +187,68 @@ def test_bad_arguments(tmp_path):
         demo_data.make_coco_instances(str(tmp_path), 1, 1, mask_format="bitmap")
     with pytest.raises(ValueError, match="make_ade_semantic"):
         demo_data.semantic_majority_baseline(str(tmp_path / "missing"))
+
+
+def _edge_angles_deg(polygon):
+    """Each edge's direction modulo 180 degrees, from the drawn outline's vertices."""
+    pts = np.asarray(polygon, dtype=float)
+    d = np.roll(pts, -1, axis=0) - pts
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 180.0
+
+
+@pytest.mark.parametrize("max_rotation", [0, 10, 25])  # < 30: the level side stays the one
+def test_max_rotation_keeps_shapes_near_upright(max_rotation):
+    """Squares' sides stay within max_rotation of level / plumb, triangles keep one side within it
+    of level with the opposite vertex above it (image y points down); any angle by default."""
+    seen = {"square": 0, "triangle": 0}
+    for i in range(30):
+        _, inst = demo_data.render_instance_scene(np.random.default_rng(i), 128,
+                                                  max_rotation=max_rotation)
+        for obj in inst:
+            name = demo_data.DEFAULT_CLASSES[obj["category"]]
+            if name == "circle":
+                continue
+            seen[name] += 1
+            ang = _edge_angles_deg(obj["polygon"])
+            off = np.minimum(ang % 90.0, 90.0 - ang % 90.0) if name == "square" else \
+                np.minimum(ang, 180.0 - ang)
+            if name == "square":
+                assert off.max() <= max_rotation + 1e-6, (i, ang)
+            else:  # the most level side, and the vertex not on it is above it
+                k = int(off.argmin())
+                assert off[k] <= max_rotation + 1e-6, (i, ang)
+                pts = np.asarray(obj["polygon"])
+                apex = pts[(k + 2) % 3]
+                assert apex[1] < (pts[k][1] + pts[(k + 1) % 3][1]) / 2, (i, pts)
+    assert min(seen.values()) >= 5, seen
+    # the default draws any angle: some square side is far from level / plumb
+    far = []
+    for i in range(30):
+        _, inst = demo_data.render_instance_scene(np.random.default_rng(i), 128)
+        for obj in inst:
+            if demo_data.DEFAULT_CLASSES[obj["category"]] == "square":
+                ang = _edge_angles_deg(obj["polygon"])
+                far.append(np.minimum(ang % 90.0, 90.0 - ang % 90.0).max())
+    assert max(far) > 30
+
+
+def test_max_rotation_in_the_manifest_and_checked(tmp_path):
+    a = demo_data.make_ade_semantic(str(tmp_path / "a"), n_train=2, n_val=1, size=64, seed=0)
+    b = demo_data.make_ade_semantic(str(tmp_path / "b"), n_train=2, n_val=1, size=64, seed=0,
+                                    max_rotation=0)
+    img = lambda info: np.asarray(Image.open(os.path.join(info["training"]["img_dir"],  # noqa: E731
+                                                          "ADE_train_00000000.jpg")))
+    assert not np.array_equal(img(a), img(b))
+    with open(os.path.join(b["root"], "demo_data.json")) as f:
+        assert json.load(f)["max_rotation"] == 0
+    with open(os.path.join(a["root"], "demo_data.json")) as f:
+        assert "max_rotation" not in json.load(f)
+    c = demo_data.make_coco_instances(str(tmp_path / "c"), n_train=2, n_val=1, size=64, seed=0,
+                                      max_rotation=5)
+    stamp = os.path.getmtime(c["train"]["ann_file"])
+    demo_data.make_coco_instances(str(tmp_path / "c"), n_train=2, n_val=1, size=64, seed=0,
+                                  max_rotation=5)
+    assert os.path.getmtime(c["train"]["ann_file"]) == stamp  # same arguments: reused
+    for bad in (-1, 181, "15", True):
+        with pytest.raises(ValueError, match="max_rotation"):
+            demo_data.make_coco_instances(str(tmp_path / "d"), 1, 1, max_rotation=bad)

@@ -55,6 +55,18 @@ SEG_CONFIG = osp.join(ROOT, "configs", "demo", "upernet_dinat-mini_demo.py")
 D2_CONFIG = osp.join(ROOT, "configs", "demo", "d2_mask_rcnn_dinat_mini_demo.yaml")
 
 
+def _rotation(text: str):
+    if text.strip().lower() in ("any", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 180:
+        raise argparse.ArgumentTypeError(f"expected degrees in [0, 180] or 'any', got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the generated demo data (default 0: the data every run uses)")
+    p.add_argument("--max-rotation", type=_rotation, default=None, metavar="DEG",
+                   help="draw the demo shapes within DEG degrees of upright (squares with level "
+                        "sides, triangles with a vertex on top); 'any' for any angle (default any)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run the whole job N times with training seeds --seed .. --seed + N - 1 "
                         "and print the mean and min-max of every metric")
@@ -716,7 +731,9 @@ def d2_opts(args, coco, work, warm_backbone=None):
     """The detectron2 config overrides for this run (KEY, VALUE, ... as merge_from_list takes)."""
     opts = ["DATASETS.DINAT_DEMO.ROOT", coco["root"], "DATASETS.DINAT_DEMO.NUM_TRAIN", str(args.n_train),
             "DATASETS.DINAT_DEMO.NUM_VAL", str(args.n_val), "DATASETS.DINAT_DEMO.IMAGE_SIZE", str(args.size),
-            "DATASETS.DINAT_DEMO.SEED", str(args.data_seed), "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
+            "DATASETS.DINAT_DEMO.SEED", str(args.data_seed),
+            "DATASETS.DINAT_DEMO.MAX_ROTATION", str(-1.0 if args.max_rotation is None else args.max_rotation),
+            "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
             "INPUT.MAX_SIZE_TRAIN", str(args.size), "INPUT.MIN_SIZE_TEST", str(args.size),
             "INPUT.MAX_SIZE_TEST", str(args.size), "MODEL.DINAT.VARIANT", args.variant,
             "MODEL.DINAT.DILATIONS", str(args.size), "SOLVER.MAX_ITER", str(args.iters),
@@ -938,15 +955,18 @@ def main(argv=None):
             f"detector: {framework}; device: {args.device}, {torch.get_num_threads()} threads")
     t0 = time.time()
     coco = demo_data.make_coco_instances(osp.join(args.data, "coco"), args.n_train, args.n_val,
-                                         size=args.size, seed=args.data_seed)
+                                         size=args.size, seed=args.data_seed,
+                                         max_rotation=args.max_rotation)
     ade = demo_data.make_ade_semantic(osp.join(args.data, "ade"), args.n_train, args.n_val,
-                                      size=args.size, seed=args.data_seed)
+                                      size=args.size, seed=args.data_seed,
+                                      max_rotation=args.max_rotation)
     print(f"demo data ready in {time.time() - t0:.1f} s: {coco['root']} "
           f"({coco['train']['num_instances']} train / {coco['val']['num_instances']} val instances), "
           f"{ade['root']}", flush=True)
     summary = dict(framework=framework, variant=args.variant, device=args.device,
                    threads=torch.get_num_threads(), size=args.size, seed=args.seed,
-                   data_seed=args.data_seed, data=osp.abspath(args.data),
+                   data_seed=args.data_seed, max_rotation=args.max_rotation,
+                   data=osp.abspath(args.data),
                    command=[osp.relpath(osp.abspath(__file__), ROOT), *argv])
     seg = det = None
     if not args.skip_seg:
