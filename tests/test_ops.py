@@ -434,9 +434,10 @@ def test_cpp_custom_op_registration_passes_opcheck():
                                           "test_faketensor"))
 
 
-def test_cpp_backend_missing_is_a_clear_error_and_the_others_still_work():
+def test_cpp_backend_missing_is_a_clear_error_and_auto_falls_back_to_tiled():
     # DINAT_DISABLE_CPP=1 stands in for a machine without a C++ compiler: the package imports,
-    # "cpp" is not listed, asking for it names the reason and the fix, and "tiled" still runs.
+    # "cpp" is not listed, asking for it names the reason and the fix, and "auto" runs "tiled"
+    # (bitwise) with a warning that names the reason.
     code = (
         "import torch\n"
         "from dinat_backbone.ops import na2d, available_backends\n"
@@ -448,7 +449,12 @@ def test_cpp_backend_missing_is_a_clear_error_and_the_others_still_work():
         "    assert 'DINAT_DISABLE_CPP' in str(e) and \"backend='tiled'\" in str(e), str(e)\n"
         "else:\n"
         "    raise AssertionError('backend=cpp did not raise')\n"
-        "out = na2d(q, k, v, 3, backend='tiled')\n"
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = na2d(q, k, v, 3, backend='auto')\n"
+        "assert any('DINAT_DISABLE_CPP' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+        "assert torch.equal(out, na2d(q, k, v, 3, backend='tiled'))\n"
         "print('ok', tuple(out.shape))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, DINAT_DISABLE_CPP="1", OMP_NUM_THREADS="1")

@@ -13,8 +13,9 @@ indexed by the key's offset from the query. Every backend computes the same numb
 * ``"flex"``   torch's flex_attention (see flex_backend), where available;
 * ``"cpp"``    a compiled CPU kernel (see cpp_backend), built on first use where a C++ compiler
   and ninja are available;
-* ``"auto"``   "tiled", or NATTEN on CUDA where it computes the same thing (never one that changes
-  results; "flex" only when asked for: it is unverified on GPUs).
+* ``"auto"``   "cpp" on the CPU (or "tiled" where it cannot be built), "tiled" on GPUs, or NATTEN on
+  CUDA where it computes the same thing (never one that changes results; "flex" only when
+  asked for: it is unverified on GPUs).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._constants import ATTENTION_BACKENDS
-from .cpp_backend import cpp_available, na2d_cpp
+from .cpp_backend import cpp_available, cpp_loaded, na2d_cpp, warn_fallback_once
 from .gather import na2d_av, na2d_gather, na2d_qk
 from .natten_backend import na2d_natten, natten_info, natten_supports
 from .tiled import na2d_tiled
@@ -116,6 +117,14 @@ def _auto_backend(query, rpb, return_attn, dropout_p) -> str:
     # on the CPU (forward), never on a GPU. Ask for backend="flex" explicitly to use it.
     if query.is_cuda and natten_supports(query, rpb, return_attn, dropout_p) is None:
         return "natten"
+    if query.device.type == "cpu":
+        # the compiled kernel: same results as "tiled" (tests/test_ops.py), faster on every
+        # layer shape measured (docs/benchmarks.md); "tiled" where it cannot be built
+        if torch.compiler.is_compiling():      # no build inside a graph trace
+            return "cpp" if cpp_loaded() else "tiled"
+        if cpp_available():
+            return "cpp"
+        warn_fallback_once()
     return "tiled"
 
 

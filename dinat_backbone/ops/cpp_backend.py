@@ -4,8 +4,9 @@ The C++ source ships in the package (``csrc/na2d_cpu.cpp``) and is compiled on f
 ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; the build is cached in
 torch's extension folder, or in ``$DINAT_CPP_BUILD_DIR``, keyed by the CPU it was built for since
 it is compiled with ``-march=native``). The package works without it: when the build fails,
-``available_backends()`` leaves "cpp" out, "auto" keeps using "tiled" (with one warning naming
-the reason), and asking for ``backend="cpp"`` raises an error that says why and what to do.
+``available_backends()`` leaves "cpp" out, "auto" (which picks "cpp" on the CPU) uses "tiled"
+instead (with one warning naming the reason), and asking for ``backend="cpp"`` raises an error
+that says why and what to do.
 ``DINAT_DISABLE_CPP=1`` skips the build altogether.
 
 Semantics are those of :mod:`dinat_backbone.ops.windows`, computed directly: per query, the
@@ -87,7 +88,13 @@ def build_error() -> Optional[str]:
 
 
 def cpp_available() -> bool:
+    """Whether the kernel is usable (building it on the first call)."""
     return load_extension() is not None
+
+
+def cpp_loaded() -> bool:
+    """Whether the kernel is already loaded (never builds; safe inside torch.compile)."""
+    return _state["ext"] is not None
 
 
 def warn_fallback_once() -> None:
@@ -179,7 +186,8 @@ def na2d_cpp(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
 
         return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
                           dropout_p, training)
-    _ext()  # a clear error now, not inside the custom op
+    if not torch.compiler.is_compiling():
+        _ext()  # a clear error now, not inside the custom op
     (kh, kw), (dh, dw) = kernel_size, dilation
     dtype = query.dtype
     cdt = torch.float64 if dtype == torch.float64 else torch.float32

@@ -78,6 +78,18 @@ inline V splat(T x) {
 #define NA_SHUFFLE(M, a, b, ...) __builtin_shuffle(a, b, M{__VA_ARGS__})
 #endif
 
+// Lanes idx[l] of the 16-lane concatenation (a, b); idx is constant after unrolling.
+template <typename V, typename M>
+inline V NA_SHUFFLE2(const V& a, const V& b, const M& idx) {
+#ifdef __clang__
+  V r;
+  for (int l = 0; l < NL; ++l) r[l] = idx[l] < NL ? a[idx[l]] : b[idx[l] - NL];
+  return r;
+#else
+  return __builtin_shuffle(a, b, idx);
+#endif
+}
+
 // In-place transpose of 8 vectors of 8 lanes: r[j][l] <- r[l][j].
 template <typename V>
 inline void transpose8(V* r) {
@@ -150,10 +162,25 @@ template <int EB, bool BC, typename T, typename V>
 inline void dot_n(const T* a, const T* b, int D, int64_t LP, V* out) {
   V acc[EB];
   for (int j = 0; j < EB; ++j) acc[j] = V{};
-  for (int d = 0; d < D; ++d) {
-    const V av = loadu<V>(a + d * LP);
-    const T* bp = b + d * LP;
-    for (int j = 0; j < EB; ++j) acc[j] += av * ld<BC, V>(bp + j);
+  if (BC) {
+    for (int d = 0; d < D; ++d) {
+      const V av = loadu<V>(a + d * LP);
+      const T* bp = b + d * LP;
+      for (int j = 0; j < EB; ++j) acc[j] += av * ld<BC, V>(bp + j);
+    }
+  } else {
+    // the EB shifted key vectors come from two loads and lane shifts (valign), not EB
+    // unaligned loads that often straddle cache lines
+    using M = decltype(acc[0] < acc[0]);
+    for (int d = 0; d < D; ++d) {
+      const V av = loadu<V>(a + d * LP);
+      const T* bp = b + d * LP;
+      const V lo = loadu<V>(bp), hi = loadu<V>(bp + NL);
+      for (int j = 0; j < EB; ++j) {
+        const M idx = M{0, 1, 2, 3, 4, 5, 6, 7} + j;
+        acc[j] += av * NA_SHUFFLE2(lo, hi, idx);
+      }
+    }
   }
   for (int j = 0; j < EB; ++j) out[j] = acc[j];
 }
@@ -268,7 +295,7 @@ struct Problem {
 template <typename T, typename V>
 struct Block {
   int x0, nv, lo, ne;
-  bool abs;
+  bool abs, full;  // full: every lane sees every entry (no masking needed)
   int f[NL], sw[NL];
   V mask[32];
 
@@ -290,6 +317,7 @@ struct Block {
     lo = abs ? sw[0] : emin;
     ne = abs ? ne_abs : ne_rel;
     for (int l = 0; l < NL; ++l) f[l] = (abs ? sw[l] : es[l]) - lo;
+    full = nv == NL && ne == kw;
     for (int e = 0; e < ne; ++e) {
       V m;
       for (int l = 0; l < NL; ++l) m[l] = (l < nv && e >= f[l] && e < f[l] + kw) ? T(1) : T(0);
@@ -435,7 +463,7 @@ inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
   const V sc = splat<V>(P.scale);
   const V zero = V{};
   const V ninf = splat<V>(-std::numeric_limits<T>::infinity());
-  V m = ninf;
+  V mm[4] = {ninf, ninf, ninf, ninf};  // independent running maxima (no one long chain)
   const T* rpbh = P.rpb ? P.rpb + (int64_t)tk.h * (2 * kh - 1) * (2 * kw - 1) : nullptr;
   for (int i = 0; i < kh; ++i) {
     V* Li = L + i * ne;
@@ -448,20 +476,36 @@ inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
         l += absbias[((int64_t)(sh + i - y + kh - 1) * tk.nqb + bk.x0 / NL) * (2 * kw - 1) + e];
       }
       Li[e] = l;
-      m = ((bk.mask[e] > zero) & (l > m)) ? l : m;
+      V& m = mm[(i * ne + e) & 3];
+      if (bk.full)
+        m = l > m ? l : m;
+      else
+        m = ((bk.mask[e] > zero) & (l > m)) ? l : m;
     }
   }
+  mm[0] = mm[0] > mm[1] ? mm[0] : mm[1];
+  mm[2] = mm[2] > mm[3] ? mm[2] : mm[3];
+  V m = mm[0] > mm[2] ? mm[0] : mm[2];
   m = m > ninf ? m : zero;  // lanes past the end of the row
-  V s = zero;
+  V ss[2] = {zero, zero};
   const V far = splat<V>(T(-80));
-  for (int i = 0; i < kh; ++i)
-    for (int e = 0; e < ne; ++e) {
-      V a = L[i * ne + e] - m;
-      a = bk.mask[e] > zero ? a : far;
-      const V p = vexp(a) * bk.mask[e];
-      L[i * ne + e] = p;
-      s += p;
+  if (bk.full) {
+    for (int i = 0; i < kh * ne; ++i) {
+      const V p = vexp(L[i] - m);
+      L[i] = p;
+      ss[i & 1] += p;
     }
+  } else {
+    for (int i = 0; i < kh; ++i)
+      for (int e = 0; e < ne; ++e) {
+        V a = L[i * ne + e] - m;
+        a = bk.mask[e] > zero ? a : far;
+        const V p = vexp(a) * bk.mask[e];
+        L[i * ne + e] = p;
+        ss[e & 1] += p;
+      }
+  }
+  V s = ss[0] + ss[1];
   s = s > zero ? s : splat<V>(T(1));
   const V inv = splat<V>(T(1)) / s;
   if (normalize)
