@@ -77,7 +77,9 @@ MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
 # Analysis only (never in the default set): DiNAT-T with the attention op replaced by a copy of
 # v, everything else unchanged. Its time is what the rest of the network costs, so the gap to
 # dinat_tiny is the op's share (forward + backward) of a step.
-EXTRA_MODELS = ["dinat_tiny_no_na"]
+# dinat_tiny_tiled: DiNAT-T with the pure-PyTorch "tiled" backend instead of "auto" (which is the
+# compiled "cpp" kernel on the CPU where it builds): both backends in one run.
+EXTRA_MODELS = ["dinat_tiny_no_na", "dinat_tiny_tiled"]
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -389,10 +391,13 @@ def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
         from dinat_backbone.backbone import DinatBackbone
 
         variant = name.split("_", 1)[1]
+        backend = "auto"
+        if variant.endswith("_tiled"):
+            variant, backend = variant[:-len("_tiled")], "tiled"
         base = DinatConfig.from_variant(variant)
         preset = "imagenet224" if size_label == "224" else "coco"
         cfg = DinatConfig.from_variant(variant, dilations=dilation_preset(preset, base.depths),
-                                       gradient_checkpointing=ckpt)
+                                       gradient_checkpointing=ckpt, attention_backend=backend)
         return DinatBackbone(cfg).to(device, dtype)
     import torchvision
 
