@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import threading
 import warnings
@@ -67,6 +68,12 @@ def load_extension():
             return None
         try:
             from torch.utils.cpp_extension import _get_build_directory, load
+
+            # ninja installed into a virtual environment sits beside its python, which need not
+            # be on PATH when that python is run by its full path
+            here = os.path.dirname(sys.executable)
+            if shutil.which("ninja") is None and shutil.which("ninja", path=here):
+                os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
 
             name = "dinat_na2d_cpu_" + _cpu_tag()
             build_dir = os.environ.get("DINAT_CPP_BUILD_DIR") or _get_build_directory(name, False)
