@@ -461,3 +461,15 @@ def test_cpp_backend_missing_is_a_clear_error_and_auto_falls_back_to_tiled():
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "ok (1, 1, 9, 9, 4)" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_cpp_backend_kernels_above_its_limit_match_the_definition(dtype):
+    # kernel 17 (> the compiled kernel's 15): computed by "tiled" under backend="cpp"
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 18, 17, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, 33, 33, generator=g, dtype=torch.float64)
+    want, want_attn = na2d_slow(q, k, v, 17, 1, rpb)
+    out, attn = na2d(q.to(dtype), k.to(dtype), v.to(dtype), 17, 1, rpb=rpb.to(dtype),
+                     return_attn=True, backend="cpp")
+    assert max_err(out, want) <= TOL[dtype] and max_err(attn, want_attn) <= TOL[dtype]

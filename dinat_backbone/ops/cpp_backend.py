@@ -14,7 +14,8 @@ softmax over its kh*kw window (+ RPB), then the weighted sum of values; the back
 the softmax (nothing but q, k, v and the RPB is saved) and gathers dk / dv key by key. fp32 and
 fp64 are computed natively; float16 / bfloat16 inputs are computed in float32 and rounded back.
 Attention dropout needs the random mask of the weights, which this kernel does not draw: with
-``dropout_p > 0`` in training the call goes to the "tiled" backend (same semantics).
+``dropout_p > 0`` in training the call goes to the "tiled" backend (same semantics), and so do
+kernel sizes above 15.
 
 The kernel is wrapped as two ``torch.library`` custom ops (``dinat_backbone::na2d_cpp_fwd`` /
 ``_bwd``), so ``torch.compile`` sees one opaque node, with an autograd formula.
@@ -32,6 +33,9 @@ from typing import Optional
 
 import torch
 
+# Largest kernel size the compiled kernel takes (its per-block tables hold 2k - 1 <= 31 entries);
+# larger kernels, like attention dropout, are computed by "tiled" (same semantics).
+MAX_KERNEL = 15
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "na2d_cpu.cpp")
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
 _lock = threading.Lock()
@@ -188,7 +192,7 @@ def na2d_cpp(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
     if query.device.type != "cpu":
         raise RuntimeError(f"na2d: backend='cpp' runs on the CPU only, got tensors on "
                            f"{query.device}; use backend='auto' or 'tiled'")
-    if dropout_p and training:
+    if (dropout_p and training) or max(kernel_size) > MAX_KERNEL:
         from .tiled import na2d_tiled
 
         return na2d_tiled(query, key, value, kernel_size, dilation, rpb, scale, return_attn,
