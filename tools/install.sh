@@ -106,6 +106,15 @@ else
   PYTHONPATH="$ORACLE_TF" "$PY" -c "import transformers, numpy; print('oracle transformers', transformers.__version__, 'numpy', numpy.__version__)"
 fi
 
+# The compiled CPU kernel of the attention op (backend "cpp", what "auto" uses on the CPU): built
+# here once (about a minute; cached per CPU in torch's extension folder) instead of at first use.
+# Without a compiler the op falls back to the pure-PyTorch "tiled" backend, so this is not fatal.
+"$PY" - <<'EOF' || log "C++ kernel not built: the op will use its pure-PyTorch backend"
+from dinat_backbone.ops import cpp_backend
+ext = cpp_backend.load_extension()
+print("C++ neighborhood-attention kernel:", "ready" if ext is not None else cpp_backend.build_error())
+EOF
+
 "$PY" - <<'EOF'
 import torch, dinat_backbone
 print(f"torch {torch.__version__}, dinat_backbone {dinat_backbone.__version__}, "
