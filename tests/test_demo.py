@@ -199,6 +199,30 @@ def test_demo_repeat_aggregation_on_fixed_inputs():
     s = dict(segmentation=dict(mIoU=45.1, IoU={"sky": 94.9}), total_time_s=600.0,
              detection=dict(AP={"bbox AP50": 31.8}))
     assert demo.summary_metrics(s) == {"mIoU": 45.1, "IoU sky": 94.9, "bbox AP50": 31.8, "wall min": 10.0}
+    assert demo.summary_metrics(dict(s, total_cpu_s=300.0))["cpu min"] == 5.0
+
+
+def test_demo_report_reprints_the_table_from_the_runs(tmp_path):
+    """--report DIR reads DIR/seed_*/summary.json (seed order, not file order) and prints the
+    same table as --seeds; the mean / min-max here are worked out by hand."""
+    for seed, miou, ap50, wall, cpu in ((10, 30.0, 12.0, 900.0, 600.0), (2, 45.0, 38.0, 600.0, 540.0)):
+        d = tmp_path / f"seed_{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(dict(
+            seed=seed, framework="mmdet", segmentation=dict(mIoU=miou, IoU={"square": 0.0}),
+            detection=dict(AP={"bbox AP50": ap50}), total_time_s=wall, total_cpu_s=cpu)))
+    r = subprocess.run([sys.executable, DEMO, "--report", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()[1:] if line.strip("- ")]
+    assert rows[0] == ["seed", "mIoU", "IoU", "square", "bbox", "AP50", "wall", "min", "cpu", "min"]
+    assert rows[1] == ["2", "45.0", "0.0", "38.0", "10.0", "9.0"]
+    assert rows[2] == ["10", "30.0", "0.0", "12.0", "15.0", "10.0"]
+    assert rows[3] == ["mean", "37.5", "0.0", "25.0", "12.5", "9.5"]
+    assert rows[4] == ["min-max", "30.0-45.0", "0.0-0.0", "12.0-38.0", "10.0-15.0", "9.0-10.0"]
+    r = subprocess.run([sys.executable, DEMO, "--report", str(tmp_path / "empty")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--seeds N" in r.stderr
 
 
 def test_demo_rejects_bad_flags():

@@ -102,6 +102,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run the whole job N times with training seeds --seed .. --seed + N - 1 "
                         "and print the mean and min-max of every metric")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="print the --seeds table again from the runs in DIR/seed_*/summary.json "
+                        "(trains nothing)")
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None,
@@ -853,6 +856,8 @@ def summary_metrics(summary: dict) -> dict:
         out.update(det.get("AP") or {})
     if summary.get("total_time_s") is not None:
         out["wall min"] = summary["total_time_s"] / 60.0
+    if summary.get("total_cpu_s") is not None:  # what a run costs when other jobs share the cores
+        out["cpu min"] = summary["total_cpu_s"] / 60.0
     return out
 
 
@@ -901,6 +906,28 @@ def _argv_without(argv, names_with_value, names_flag=()):
     return out
 
 
+def report_repeats(out_dir: str) -> dict:
+    """``--report DIR``: the repeat table of the runs in ``DIR/seed_*/summary.json``."""
+    import glob
+
+    found = []
+    for path in glob.glob(osp.join(out_dir, "seed_*", "summary.json")):
+        with open(path) as f:
+            summary = json.load(f)
+        found.append((int(summary.get("seed", -1)), summary))
+    if not found:
+        raise SystemExit(f"--report: no {osp.join(out_dir, 'seed_*', 'summary.json')}; run "
+                         f"tools/demo.py --seeds N --out {out_dir} first")
+    found.sort(key=lambda item: item[0])
+    seeds = [sd for sd, _ in found]
+    rows = [summary_metrics(summary) for _, summary in found]
+    agg = aggregate(rows)
+    print(f"{len(rows)} runs in {out_dir} ({found[0][1].get('framework')}); metrics in percent, "
+          "times in minutes")
+    print(format_table(seeds, rows, agg), flush=True)
+    return dict(seeds=seeds, rows=rows, aggregate=agg)
+
+
 def run_repeats(args, argv) -> dict:
     """``--seeds N``: N full runs (own processes, training seeds --seed + i), then the table."""
     out_dir = osp.abspath(args.out)
@@ -933,6 +960,8 @@ def run_repeats(args, argv) -> dict:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.report is not None:
+        return report_repeats(args.report)
     if args.seeds is not None:
         return run_repeats(args, argv)
     t_start = time.time()
