@@ -23,6 +23,7 @@ The kernel is wrapped as two ``torch.library`` custom ops (``dinat_backbone::na2
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -71,7 +72,15 @@ def load_extension():
             _state["error"] = "disabled by the environment variable DINAT_DISABLE_CPP"
             return None
         try:
-            from torch.utils.cpp_extension import _get_build_directory, load
+            # torch.utils.cpp_extension warns at import that no CUDA runtime is found on a
+            # machine with a CUDA folder but no GPU: irrelevant to a CPU kernel, so kept quiet
+            ext_log = logging.getLogger("torch.utils.cpp_extension")
+            level = ext_log.level
+            ext_log.setLevel(logging.ERROR)
+            try:
+                from torch.utils.cpp_extension import _get_build_directory, load
+            finally:
+                ext_log.setLevel(level)
 
             # ninja installed into a virtual environment sits beside its python, which need not
             # be on PATH when that python is run by its full path
