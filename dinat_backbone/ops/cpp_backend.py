@@ -39,13 +39,18 @@ import torch
 MAX_KERNEL = 15
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "na2d_cpu.cpp")
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+# at::parallel_for runs its tasks on torch's OpenMP threads only in code compiled with OpenMP;
+# without these flags the kernel runs on one thread whatever torch.set_num_threads says. Tried
+# first where torch uses OpenMP, then without (a compiler with no OpenMP still gets a kernel).
+_OPENMP_FLAGS = ["-fopenmp"]
 _lock = threading.Lock()
-_state = {"ext": None, "error": None, "warned": False}
+_state = {"ext": None, "error": None, "warned": False, "openmp": False}
 
 
-def _cpu_tag() -> str:
-    """A short tag of this CPU's model and flags: builds with -march=native are per CPU."""
-    text = platform.machine() + platform.processor()
+def _cpu_tag(flags=()) -> str:
+    """A short tag of this CPU's model and flags and the compile flags: builds with
+    -march=native are per CPU."""
+    text = platform.machine() + platform.processor() + " ".join(flags)
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -88,14 +93,26 @@ def load_extension():
             if shutil.which("ninja") is None and shutil.which("ninja", path=here):
                 os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
 
-            name = "dinat_na2d_cpu_" + _cpu_tag()
-            build_dir = os.environ.get("DINAT_CPP_BUILD_DIR") or _get_build_directory(name, False)
-            os.makedirs(build_dir, exist_ok=True)
-            if not os.path.exists(os.path.join(build_dir, name + ".so")):
-                print(f"dinat_backbone: compiling the C++ neighborhood-attention kernel (once; "
-                      f"cached in {build_dir})", file=sys.stderr, flush=True)
-            _state["ext"] = load(name=name, sources=[_SOURCE], extra_cflags=_CFLAGS,
-                                 build_directory=build_dir, verbose=False)
+            variants = [_OPENMP_FLAGS, []] if torch.backends.openmp.is_available() else [[]]
+            errors = []
+            for extra in variants:
+                flags = _CFLAGS + extra
+                name = "dinat_na2d_cpu_" + _cpu_tag(flags)
+                build_dir = os.environ.get("DINAT_CPP_BUILD_DIR") or _get_build_directory(name, False)
+                os.makedirs(build_dir, exist_ok=True)
+                if not os.path.exists(os.path.join(build_dir, name + ".so")):
+                    print(f"dinat_backbone: compiling the C++ neighborhood-attention kernel (once; "
+                          f"cached in {build_dir})", file=sys.stderr, flush=True)
+                try:
+                    _state["ext"] = load(name=name, sources=[_SOURCE], extra_cflags=flags,
+                                         extra_ldflags=list(extra), build_directory=build_dir,
+                                         verbose=False)
+                    _state["openmp"] = bool(extra)
+                    break
+                except Exception as e:  # e.g. a compiler without OpenMP: try the next variant
+                    errors.append(e)
+            if _state["ext"] is None:
+                raise errors[-1]
         except Exception as e:  # no compiler, no ninja, a read-only cache, ...
             msg = str(e).strip().splitlines()
             _state["error"] = f"{type(e).__name__}: {msg[-1] if msg else ''}"[:400]
