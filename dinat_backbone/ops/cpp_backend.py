@@ -11,7 +11,10 @@ that says why and what to do.
 
 Semantics are those of :mod:`dinat_backbone.ops.windows`, computed directly: per query, the
 softmax over its kh*kw window (+ RPB), then the weighted sum of values; the backward recomputes
-the softmax (nothing but q, k, v and the RPB is saved) and gathers dk / dv key by key. fp32 and
+the softmax (nothing but q, k, v and the RPB is saved) and gathers dk / dv key by key. Work
+items are (batch, head, dilation residue class, chunk of >= max(16, 2 * kernel) query rows), run
+in parallel on torch's threads; the split depends on the shape only (``DINAT_NA_CHUNK_ROWS``
+raises the 16, for experiments), so results do not depend on the thread count. fp32 and
 fp64 are computed natively; float16 / bfloat16 inputs are computed in float32 and rounded back.
 Attention dropout needs the random mask of the weights, which this kernel does not draw: with
 ``dropout_p > 0`` in training the call goes to the "tiled" backend (same semantics), and so do

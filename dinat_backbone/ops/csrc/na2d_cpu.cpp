@@ -8,8 +8,12 @@
 // t < k; the RPB index of key t is (s + t) - j + (k - 1).
 //
 // Work is split into tasks, one per (batch, head, row residue, column residue): each task is
-// plain (dilation 1) neighborhood attention on one sub-grid, and owns the gradients of its keys
-// and values, so tasks run in parallel without atomics (at::parallel_for, torch's threads).
+// plain (dilation 1) neighborhood attention on one sub-grid. A task's query rows are further
+// split into chunks (num_chunks: by the shape only, never by the thread count) and the
+// (task, chunk) items run in parallel (at::parallel_for, torch's threads). A chunk owns dq of its
+// rows and dk / dv of the key rows only its queries reach; the key rows two neighbouring chunks
+// both reach are gathered by each into a part of its own and summed after all chunks ran
+// (sum_boundary): no atomics, and the same result with any number of threads.
 //
 // Inside a task, q/k/v are copied into a "transposed" layout [row][channel][column] with zero
 // padding left and right, and NL = 8 consecutive queries of a row are one vector (lanes over
@@ -31,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -280,7 +285,11 @@ struct Problem {
   Strides sq, sk, sv, sdo;
   T *out, *attn, *dq, *dk, *dv;
   Strides so, sdq, sdk, sdv;
-  double* drpb_part;  // [tasks][(2kh-1)(2kw-1)]
+  double* drpb_part;  // [work items][(2kh-1)(2kw-1)]
+  // Backward with several row chunks per task: dk / dv of the key rows that two chunks reach,
+  // one part per chunk, summed after the chunks ran: [boundary][side][kh rows][GwM][C].
+  T *dk_part, *dv_part;
+  int GwM;
 };
 
 // A block of NL consecutive queries x0.. of a row (only columns matter; rows are shared).
@@ -334,8 +343,16 @@ struct Task {
   int b, h, rh, rw, Gh, Gw, PL, nqb;
   int64_t LP;
   Axis ay, ax;
+  // This work item's chunk of query rows [y0, y1) (chunk c of nch), and the key rows its
+  // windows reach [ky0, ky1). Buffers hold query rows from y0 and key rows from ky0.
+  int64_t task;
+  int c, nch, y0, y1, ky0, ky1;
 
-  Task(const Problem<T>& P, int64_t t) {
+  Task(const Problem<T>& P, int64_t item, int nch_) {
+    nch = nch_;
+    c = item % nch;
+    int64_t t = item / nch;
+    task = t;
     rw = t % P.dw;
     t /= P.dw;
     rh = t % P.dh;
@@ -349,19 +366,27 @@ struct Task {
     PL = P.kw - 1;
     LP = PL + Gw + NL + P.kw + 8;
     nqb = (Gw + NL - 1) / NL;
+    y0 = (int)((int64_t)c * Gh / nch);
+    y1 = (int)((int64_t)(c + 1) * Gh / nch);
+    ky0 = ay.s[y0];
+    ky1 = ay.s[y1 - 1] + P.kh;
   }
+  // Buffer row offsets (in elements) of query row y / key row r for C channels.
+  int64_t qrow(int y, int C) const { return (int64_t)(y - y0) * C * LP; }
+  int64_t krow(int r, int C) const { return (int64_t)(r - ky0) * C * LP; }
 
-  // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[(y*C + c)*LP + PL + x], zero padding elsewhere.
+  // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[((y - r0)*C + c)*LP + PL + x] for rows
+  // r0 <= y < r1, zero padding elsewhere.
   void gather(const Problem<T>& P, const T* src, const Strides& st, int C,
-              std::vector<T>& buf) const {
-    buf.assign((size_t)Gh * C * LP, T(0));
+              std::vector<T>& buf, int r0, int r1) const {
+    buf.assign((size_t)(r1 - r0) * C * LP, T(0));
     const T* base = src + b * st.s[0] + h * st.s[1];
     using V = typename VecOf<T>::type;
     const int C8 = st.s[4] == 1 ? C / 8 * 8 : 0;  // channels moved by 8x8 transposes
-    for (int y = 0; y < Gh; ++y) {
+    for (int y = r0; y < r1; ++y) {
       const T* row = base + (int64_t)(rh + P.dh * y) * st.s[2];
-      T* dst = buf.data() + (int64_t)y * C * LP + PL;
-      if (y + 1 < Gh) {  // the start of the next row: strided reads the hardware does not see
+      T* dst = buf.data() + (int64_t)(y - r0) * C * LP + PL;
+      if (y + 1 < r1) {  // the start of the next row: strided reads the hardware does not see
         const T* nrow = row + (int64_t)P.dh * st.s[2];
         for (int x = 0; x < std::min(Gw, 2 * NL); ++x)
           for (int c = 0; c < C; c += 64 / (int)sizeof(T))
@@ -412,9 +437,9 @@ inline void block_wsum_n(const Block<T, V>& bk, const V* Wt, int rows, const T* 
 template <typename T, typename V>
 inline void block_dots(const Task<T>& tk, const Block<T, V>& bk, const T* AT, const T* XT, int C,
                        int y, int sh, int kh, int kw, V* L) {
-  const T* ab = AT + (int64_t)y * C * tk.LP + tk.PL + bk.x0;
+  const T* ab = AT + tk.qrow(y, C) + tk.PL + bk.x0;
   for (int i = 0; i < kh; ++i) {
-    const T* xb = XT + (int64_t)(sh + i) * C * tk.LP + tk.PL + bk.key_col0(kw);
+    const T* xb = XT + tk.krow(sh + i, C) + tk.PL + bk.key_col0(kw);
     if (bk.abs)
       dots<true, T, V>(ab, xb, C, tk.LP, bk.ne, L + i * bk.ne);
     else
@@ -519,7 +544,7 @@ inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
                        const V* Wt, const T* XT, int C, int y, T mult, const V& lm, T* dst,
                        const Strides& sd) {
   const int sh = tk.ay.s[y];
-  const T* base = XT + (int64_t)sh * C * tk.LP + tk.PL + bk.key_col0(P.kw);
+  const T* base = XT + tk.krow(sh, C) + tk.PL + bk.key_col0(P.kw);
   T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * y) * sd.s[2];
   const V f = lm * mult;
   channel_blocks(C, [&](auto DBc, int d0) {
@@ -533,13 +558,13 @@ inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
 }
 
 template <typename T>
-void forward_task(const Problem<T>& P, int64_t t) {
+void forward_task(const Problem<T>& P, int64_t item, int nch) {
   using V = typename VecOf<T>::type;
-  Task<T> tk(P, t);
+  Task<T> tk(P, item, nch);
   static thread_local std::vector<T> QT, KT, VT;
-  tk.gather(P, P.q, P.sq, P.D, QT);
-  tk.gather(P, P.k, P.sk, P.D, KT);
-  tk.gather(P, P.v, P.sv, P.Dv, VT);
+  tk.gather(P, P.q, P.sq, P.D, QT, tk.y0, tk.y1);
+  tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
+  tk.gather(P, P.v, P.sv, P.Dv, VT, tk.ky0, tk.ky1);
   const int kh = P.kh, kw = P.kw, KK = kh * kw;
   std::vector<V> L((size_t)kh * (2 * kw - 1));
   const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
@@ -566,25 +591,25 @@ void forward_task(const Problem<T>& P, int64_t t) {
   // columns, the second on 304 (by about a quarter); the switch at 128 lies between the two.
   if (tk.Gw < 128) {
     for (const Block<T, V>& bk : blocks)
-      for (int y = 0; y < tk.Gh; ++y) one(bk, y);
+      for (int y = tk.y0; y < tk.y1; ++y) one(bk, y);
   } else {
-    for (int y = 0; y < tk.Gh; ++y)
+    for (int y = tk.y0; y < tk.y1; ++y)
       for (const Block<T, V>& bk : blocks) one(bk, y);
   }
 }
 
 template <typename T>
-void backward_task(const Problem<T>& P, int64_t t) {
+void backward_task(const Problem<T>& P, int64_t t, int nch) {
   using V = typename VecOf<T>::type;
-  Task<T> tk(P, t);
+  Task<T> tk(P, t, nch);
   const int kh = P.kh, kw = P.kw, KK = kh * kw, D = P.D, Dv = P.Dv, NE = 2 * kw - 1;
   const int Gh = tk.Gh, Gw = tk.Gw, PL = tk.PL;
   const int64_t LP = tk.LP;
   static thread_local std::vector<T> QT, KT, VT, DOT;
-  tk.gather(P, P.q, P.sq, D, QT);
-  tk.gather(P, P.k, P.sk, D, KT);
-  tk.gather(P, P.v, P.sv, Dv, VT);
-  tk.gather(P, P.dout, P.sdo, Dv, DOT);
+  tk.gather(P, P.q, P.sq, D, QT, tk.y0, tk.y1);
+  tk.gather(P, P.k, P.sk, D, KT, tk.ky0, tk.ky1);
+  tk.gather(P, P.v, P.sv, Dv, VT, tk.ky0, tk.ky1);
+  tk.gather(P, P.dout, P.sdo, Dv, DOT, tk.y0, tk.y1);
   const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
   const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
 
@@ -711,9 +736,24 @@ void backward_task(const Problem<T>& P, int64_t t) {
     }
   };
 
-  // dk / dv of key row r, gathered from the ring (key-centric).
+  // dk / dv of key row r, gathered from the ring (key-centric), from this chunk's query rows
+  // [ya, yb]. A key row that the previous or next chunk reaches too goes to this chunk's part
+  // for that boundary (summed with the other's after all chunks ran).
   auto pass2 = [&](int r) {
     const int Y = tk.rh + P.dh * r;
+    const int ya = std::max(ylo[r], tk.y0), yb = std::min(yhi[r], tk.y1 - 1);
+    int side = -1;  // -1: all of the key row's queries are in this chunk
+    int64_t bnd = 0;
+    int j = 0;
+    if (ylo[r] < tk.y0) {  // shared with chunk c - 1: boundary c - 1, side 1
+      side = 1;
+      bnd = tk.task * (nch - 1) + tk.c - 1;
+      j = r - tk.ay.s[tk.y0];
+    } else if (yhi[r] >= tk.y1) {  // shared with chunk c + 1: boundary c, side 0
+      side = 0;
+      bnd = tk.task * (nch - 1) + tk.c;
+      j = r - tk.ay.s[tk.y1];
+    }
     for (int kb = 0; kb < nkb; ++kb) {
       const int kc0 = kb * NL, nv = std::min(NL, Gw - kc0);
       for (int which = 0; which < 2; ++which) {
@@ -724,13 +764,16 @@ void backward_task(const Problem<T>& P, int64_t t) {
         T* dst = which == 0 ? P.dk : P.dv;
         const Strides& sd = which == 0 ? P.sdk : P.sdv;
         T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)Y * sd.s[2];
+        T* pb = side < 0 ? nullptr
+                         : (which == 0 ? P.dk_part : P.dv_part) +
+                               (((bnd * 2 + side) * kh + j) * P.GwM) * C;
         channel_blocks(C, [&](auto DBc, int d0) {
           constexpr int DB = decltype(DBc)::value;
           V acc[DB];
           for (int j = 0; j < DB; ++j) acc[j] = V{};
-          for (int y = ylo[r]; y <= yhi[r]; ++y) {
+          for (int y = ya; y <= yb; ++y) {
             const int i = r - tk.ay.s[y];
-            const T* xbase = X + ((int64_t)y * C + d0) * LP;
+            const T* xbase = X + tk.qrow(y, C) + (int64_t)d0 * LP;
             if (ring_abs) {
               const T* sbase = buf + (y % ring) * slot_size + (int64_t)i * Gw * LPk + kc0;
               for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
@@ -749,16 +792,20 @@ void backward_task(const Problem<T>& P, int64_t t) {
             }
           }
           for (int j = 0; j < DB; ++j) acc[j] *= mult;
-          store_lanes<DB, T, V>(acc, nv, ob + (int64_t)(tk.rw + P.dw * kc0) * sd.s[3],
-                                P.dw * sd.s[3], sd.s[4], d0);
+          if (pb)
+            store_lanes<DB, T, V>(acc, nv, pb + (int64_t)kc0 * C, C, 1, d0);
+          else
+            store_lanes<DB, T, V>(acc, nv, ob + (int64_t)(tk.rw + P.dw * kc0) * sd.s[3],
+                                  P.dw * sd.s[3], sd.s[4], d0);
         });
       }
     }
   };
 
-  int next = 0;
-  for (int r = 0; r < Gh; ++r) {
-    while (next <= yhi[r]) pass1(next++);
+  int next = tk.y0;
+  for (int r = tk.ky0; r < tk.ky1; ++r) {
+    const int yb = std::min(yhi[r], tk.y1 - 1);
+    while (next <= yb) pass1(next++);
     pass2(r);
   }
   if (P.drpb_part) {
@@ -778,6 +825,33 @@ void backward_task(const Problem<T>& P, int64_t t) {
           }
         }
       }
+  }
+}
+
+// dk / dv of the key rows at boundary bi (between chunks c and c + 1 of one task): the sum of
+// the two chunks' parts, in that order.
+template <typename T>
+void sum_boundary(const Problem<T>& P, int64_t bi, int nch) {
+  const int64_t t = bi / (nch - 1);
+  const int c = (int)(bi % (nch - 1));
+  Task<T> tk(P, t * nch + c, nch);
+  const int yb = tk.y1;  // first query row of chunk c + 1
+  const int r0 = tk.ay.s[yb], r1 = tk.ay.s[yb - 1] + P.kh;  // rows both reach
+  for (int which = 0; which < 2; ++which) {
+    const int C = which == 0 ? P.D : P.Dv;
+    const T* part = which == 0 ? P.dk_part : P.dv_part;
+    T* dst = which == 0 ? P.dk : P.dv;
+    const Strides& sd = which == 0 ? P.sdk : P.sdv;
+    for (int r = r0; r < r1; ++r) {
+      const int j = r - r0;
+      const T* a = part + ((bi * 2 + 0) * P.kh + j) * P.GwM * C;
+      const T* b = part + ((bi * 2 + 1) * P.kh + j) * P.GwM * C;
+      T* o = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * r) * sd.s[2];
+      for (int x = 0; x < tk.Gw; ++x) {
+        T* ox = o + (int64_t)(tk.rw + P.dw * x) * sd.s[3];
+        for (int ch = 0; ch < C; ++ch) ox[ch * sd.s[4]] = a[x * C + ch] + b[x * C + ch];
+      }
+    }
   }
 }
 
@@ -806,6 +880,26 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 "na2d cpp backend: rpb must be [heads, 2*kh-1, 2*kw-1]");
     TORCH_CHECK(rpb->scalar_type() == q.scalar_type(), "na2d cpp backend: rpb dtype differs");
   }
+}
+
+// Row chunks per task: a task's query rows are split into nch chunks of at least
+// max(MIN_CHUNK_ROWS, 2 kh) rows, run in parallel like tasks (a map with few tasks, e.g. one
+// image of a large map at dilation 1, still spreads over the threads, and each chunk's copies
+// of q, k, v stay small enough for the cache). It depends on the shape only, never on the
+// thread count, so results are the same with any number of threads. Chunks of >= 2 kh rows
+// make every key row reached by at most two chunks (its queries span at most 1.5 kh + 1 rows).
+int chunk_min_rows() {
+  static const int v = [] {
+    const char* e = std::getenv("DINAT_NA_CHUNK_ROWS");
+    return e ? std::max(1, std::atoi(e)) : 16;
+  }();
+  return v;
+}
+
+int num_chunks(int64_t H, int64_t kh, int64_t dh) {
+  const int64_t gh = H / dh;  // the shortest residue class's rows
+  const int64_t m = std::max<int64_t>(chunk_min_rows(), 2 * kh);
+  return (int)std::max<int64_t>(1, gh / m);
 }
 
 // [B, heads, H, W, C] view of a [B, H, W, heads, C] buffer: the layout the model reshapes for free.
@@ -851,13 +945,14 @@ std::vector<at::Tensor> na2d_forward(const at::Tensor& q, const at::Tensor& k,
                                             q.options())
                                 : at::empty({0}, q.options());
   const int64_t tasks = q.size(0) * q.size(1) * dh * dw;
+  const int nch = num_chunks(q.size(2), kh, dh);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_cpp_forward", [&] {
     Problem<scalar_t> P = make_problem<scalar_t>(q, k, v, rpbc, kh, kw, dh, dw, scale);
     P.out = out.data_ptr<scalar_t>();
     P.so = strides_of(out);
     P.attn = return_attn ? attn.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
-      for (int64_t t = s; t < e; ++t) forward_task<scalar_t>(P, t);
+    at::parallel_for(0, tasks * nch, 1, [&](int64_t s, int64_t e) {
+      for (int64_t t = s; t < e; ++t) forward_task<scalar_t>(P, t, nch);
     });
   });
   return {out, attn};
@@ -882,10 +977,15 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
   at::Tensor dk = like_canonical(k, k.size(4));
   at::Tensor dv = like_canonical(v, v.size(4));
   const int64_t tasks = q.size(0) * q.size(1) * dh * dw;
+  const int nch = num_chunks(q.size(2), kh, dh);
   const int64_t nb = (2 * kh - 1) * (2 * kw - 1);
   const bool want_rpb = rpb_grad && rpb.has_value();
-  at::Tensor part = want_rpb ? at::zeros({tasks, nb}, q.options().dtype(at::kDouble))
+  at::Tensor part = want_rpb ? at::zeros({tasks * nch, nb}, q.options().dtype(at::kDouble))
                              : at::Tensor();
+  const int64_t GwM = (q.size(3) + dw - 1) / dw;
+  const int64_t nbnd = tasks * (nch - 1);
+  at::Tensor dk_part = at::empty({nbnd * 2 * kh * GwM * k.size(4)}, q.options());
+  at::Tensor dv_part = at::empty({nbnd * 2 * kh * GwM * v.size(4)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_cpp_backward", [&] {
     Problem<scalar_t> P = make_problem<scalar_t>(q, k, v, rpbc, kh, kw, dh, dw, scale);
     P.dout = dout.data_ptr<scalar_t>();
@@ -898,14 +998,21 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
     P.sdk = strides_of(dk);
     P.sdv = strides_of(dv);
     P.drpb_part = want_rpb ? part.data_ptr<double>() : nullptr;
-    at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
-      for (int64_t t = s; t < e; ++t) backward_task<scalar_t>(P, t);
+    P.dk_part = dk_part.data_ptr<scalar_t>();
+    P.dv_part = dv_part.data_ptr<scalar_t>();
+    P.GwM = (int)GwM;
+    at::parallel_for(0, tasks * nch, 1, [&](int64_t s, int64_t e) {
+      for (int64_t t = s; t < e; ++t) backward_task<scalar_t>(P, t, nch);
     });
+    if (nbnd > 0)
+      at::parallel_for(0, nbnd, 1, [&](int64_t s, int64_t e) {
+        for (int64_t bi = s; bi < e; ++bi) sum_boundary<scalar_t>(P, bi, nch);
+      });
   });
   at::Tensor drpb;
   if (want_rpb) {
     // task t belongs to head (t / (dh*dw)) % heads
-    drpb = part.view({q.size(0), q.size(1), dh * dw, nb})
+    drpb = part.view({q.size(0), q.size(1), dh * dw * nch, nb})
                .sum({0, 2})
                .view({q.size(1), 2 * kh - 1, 2 * kw - 1})
                .to(rpb->scalar_type());
@@ -920,4 +1027,5 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &na2d_forward, "neighborhood attention forward (CPU)");
   m.def("backward", &na2d_backward, "neighborhood attention backward (CPU)");
+  m.def("num_chunks", &num_chunks, "row chunks per task for (H, kh, dh)");
 }

@@ -1,0 +1,113 @@
+"""The compiled "cpp" backend on maps tall enough that each task's rows are split into chunks.
+
+The kernel splits every (batch, head, residue class) task's query rows into chunks of at least
+max(16, 2 * kernel) rows that run in parallel; the keys two chunks both reach get their dk / dv
+summed from both afterwards. The oracle matrix of tests/test_ops.py has maps too small for that,
+so these shapes (each checked to give 2-4 chunks) compare forward, attention weights and every
+gradient with the slow float64 definition (tests/na_reference.py) at the matrix's tolerances,
+and check that the result does not depend on the thread count (the chunks depend on the shape
+only).
+"""
+import pytest
+import torch
+
+from dinat_backbone.ops import available_backends, na2d
+from na_reference import na2d_slow
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif("cpp" not in available_backends("cpu"),
+                                 reason="the compiled 'cpp' kernel could not be built here")]
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# name: (batch, heads, H, W, head_dim, kernel_size, dilation, rpb, chunks per task)
+CASES = {
+    "k3d1-66x9": (1, 1, 66, 9, 8, 3, 1, True, 4),
+    "k5d1-50x13": (2, 1, 50, 13, 4, 5, 1, True, 3),
+    "k7d2-67x15": (1, 2, 67, 15, 8, 7, 2, True, 2),
+    "k7x3-d1x2-48x11": (1, 1, 48, 11, 8, (7, 3), (1, 2), False, 3),
+    "k9d1-wide-36x20-D16": (1, 1, 36, 20, 16, 9, 1, True, 2),
+}
+
+
+def _pair(x):
+    return (x, x) if isinstance(x, int) else tuple(x)
+
+
+def _case(name):
+    B, nh, H, W, D, ks, dil, with_rpb, chunks = CASES[name]
+    kh, kw = _pair(ks)
+    g = torch.Generator().manual_seed(len(name))
+    x = {n: torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64) for n in "qkv"}
+    if with_rpb:
+        x["rpb"] = 0.5 * torch.randn(nh, 2 * kh - 1, 2 * kw - 1, generator=g, dtype=torch.float64)
+    go = torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64)
+    ga = torch.randn(B, nh, H, W, kh * kw, generator=g, dtype=torch.float64)
+    return x, go, ga, ks, dil, chunks
+
+
+def _grads(fn, x, go, ga, dtype, return_attn):
+    leaves = {n: t.to(dtype).requires_grad_(True) for n, t in x.items()}
+    out, attn = fn(leaves)
+    outs, gouts = [out], [go.to(dtype)]
+    if return_attn:
+        outs.append(attn)
+        gouts.append(ga.to(dtype))
+    grads = torch.autograd.grad(outs, list(leaves.values()), gouts)
+    return out.detach(), attn.detach(), dict(zip(leaves, grads))
+
+
+def test_the_cases_split_into_chunks():
+    from dinat_backbone.ops.cpp_backend import load_extension
+
+    ext = load_extension()
+    for name, (B, nh, H, W, D, ks, dil, rpb, chunks) in CASES.items():
+        kh, dh = _pair(ks)[0], _pair(dil)[0]
+        assert ext.num_chunks(H, kh, dh) == chunks, name
+
+
+def _slow(ks, dil):
+    return lambda l: na2d_slow(l["q"], l["k"], l["v"], ks, dil, l.get("rpb"))
+
+
+def _cpp(ks, dil, return_attn):
+    def f(l):
+        res = na2d(l["q"], l["k"], l["v"], ks, dil, rpb=l.get("rpb"), return_attn=return_attn,
+                   backend="cpp")
+        return res if return_attn else (res, torch.empty(0))
+    return f
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_chunked_cpp_matches_the_definition(name, dtype):
+    x, go, ga, ks, dil, _ = _case(name)
+    for return_attn in (True, False):
+        ref_out, ref_attn, ref_grads = _grads(_slow(ks, dil), x, go, ga, torch.float64,
+                                              return_attn)
+        out, attn, grads = _grads(_cpp(ks, dil, return_attn), x, go, ga, dtype, return_attn)
+        checks = {"out": (out, ref_out)}
+        if return_attn:
+            checks["attn"] = (attn, ref_attn)
+        checks.update({f"grad_{n}": (g, ref_grads[n]) for n, g in grads.items()})
+        for what, (a, e) in checks.items():
+            assert a.dtype == dtype and a.shape == e.shape, what
+            err = (a.double() - e).abs().max().item()
+            assert err <= TOL[dtype], (f"{name} {dtype} return_attn={return_attn}: {what} max "
+                                       f"abs error {err:.3g} > {TOL[dtype]:.3g}")
+
+
+def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
+    x, go, ga, ks, dil, _ = _case("k7d2-67x15")
+    x = {n: t.float() for n, t in x.items()}
+    results = []
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_grads(_cpp(ks, dil, True), x, go, ga, torch.float32, True))
+    finally:
+        torch.set_num_threads(saved)
+    (o1, a1, g1), (o2, a2, g2) = results
+    assert torch.equal(o1, o2) and torch.equal(a1, a2)
+    for n in g1:
+        assert torch.equal(g1[n], g2[n]), n
