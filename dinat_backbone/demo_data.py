@@ -43,6 +43,7 @@ __all__ = [
     "DEMO_SIZE",
     "render_instance_scene",
     "render_semantic_scene",
+    "render_shape_crop",
     "make_coco_instances",
     "make_ade_semantic",
     "semantic_majority_baseline",
@@ -341,6 +342,60 @@ def render_semantic_scene(
         _paint(img, m, _contrasting_colour(rng, img[m].mean(0) if m.any() else img.mean((0, 1))), rng)
         label[m] = value
     return _finish(img, rng), label
+
+
+_CROP_BACKGROUNDS = ("textured", "plain")
+
+
+def render_shape_crop(
+    rng: np.random.Generator,
+    size: Union[int, Tuple[int, int]],
+    cls_index: int,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    background: str = "textured",
+    max_rotation: Union[float, None] = None,
+    return_geometry: bool = False,
+):
+    """One crop holding a single shape of class ``classes[cls_index]``: the demo's shapes as a
+    classification sample (``tools/shape_probe.py``).
+
+    Drawn as the scenes draw their shapes (outline, contrasting colour with mild shading, pixel
+    noise), at radius ``side * U(0.18, 0.42)`` (``side = min(H, W)``) around the crop's centre
+    moved by ``U(-0.12, 0.12) * side`` on each axis; at the extremes up to 4 % of the side may fall
+    outside the crop. ``background``: ``"textured"`` (the instance scenes' background) or
+    ``"plain"`` (one uniform colour). ``max_rotation`` as in :func:`render_instance_scene`.
+
+    Returns ``(image uint8 (H, W, 3), cls_index)``; with ``return_geometry=True`` also a dict with
+    the drawn ``mask`` (bool (H, W)), ``centre`` (x, y), ``radius``, ``angle`` (radians, the
+    first vertex's direction) and ``polygon`` (the outline, a list of (x, y)).
+    """
+    h, w = _check_size(size)
+    classes = _check_classes(classes)
+    if isinstance(cls_index, bool) or not isinstance(cls_index, (int, np.integer)) \
+            or not 0 <= cls_index < len(classes):
+        raise ValueError(f"cls_index must be an int in [0, {len(classes) - 1}] (an index into "
+                         f"classes {classes}), got {cls_index!r}")
+    if background not in _CROP_BACKGROUNDS:
+        raise ValueError(f"background must be one of {_CROP_BACKGROUNDS}, got {background!r}")
+    max_rotation = _check_rotation(max_rotation)
+    cls_index = int(cls_index)
+    shape = classes[cls_index]
+    if background == "textured":
+        img = _background(rng, h, w)
+    else:
+        img = np.broadcast_to(rng.uniform(40, 215, 3), (h, w, 3)).astype(np.float32)
+    side = min(h, w)
+    r = side * rng.uniform(0.18, 0.42)
+    cx, cy = np.array([w / 2, h / 2]) + rng.uniform(-0.12, 0.12, 2) * side
+    theta = _angle(rng, shape, max_rotation)
+    pts = _shape_vertices(shape, float(cx), float(cy), r, theta)
+    mask = _poly_mask(pts, h, w)
+    _paint(img, mask, _contrasting_colour(rng, img.reshape(-1, 3).mean(0)), rng)
+    img = _finish(img, rng)
+    if not return_geometry:
+        return img, cls_index
+    return img, cls_index, dict(mask=mask, centre=(float(cx), float(cy)), radius=float(r),
+                                angle=float(theta), polygon=pts)
 
 
 # ----------------------------------------------------------------------------------------------
