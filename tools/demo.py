@@ -77,7 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="mini", help="DiNAT variant (mini, tiny, small, base, large)")
     p.add_argument("--iters", type=int, default=240, help="detector training iterations (batch 4)")
     p.add_argument("--seg-iters", type=int, default=120, help="segmenter training iterations (batch 4)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the detector")
+    p.add_argument("--lr", type=float, default=3e-4,
+                   help="AdamW peak learning rate of the detector (3e-4: docs/demo.md, 'learning rate')")
     p.add_argument("--cosine-span", type=float, default=1.5,
                    help="length of the detector's cosine decay as a multiple of --iters (default "
                         "1.5: the run stops at ~0.4x the peak rate, which learned more in the "
