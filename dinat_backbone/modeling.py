@@ -20,7 +20,7 @@ import torch.utils.checkpoint
 
 from ._constants import ACTIVATIONS, ATTENTION_BACKENDS
 from .config import ConfigError, DinatConfig
-from .ops import na2d
+from .ops import na2d, na2d_qkv
 from .weights.loading import from_pretrained as _weights_from_pretrained
 
 __all__ = [
@@ -180,11 +180,16 @@ class NeighborhoodAttention2D(nn.Module):
             x = F.pad(x, (0, 0, 0, pw, 0, ph))
         Hp, Wp = H + ph, W + pw
         qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
-        res = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale,
-                   return_attn=return_attn, backend=self.backend, dropout_p=self.attn_drop,
-                   training=self.training)
-        out, attn = res if return_attn else (res, None)
+        if return_attn:
+            q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+            out, attn = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb,
+                             scale=self.scale, return_attn=True, backend=self.backend,
+                             dropout_p=self.attn_drop, training=self.training)
+        else:  # q, k, v packed: the compiled kernel's gradient lands in the linear's layout
+            out = na2d_qkv(qkv, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale,
+                           backend=self.backend, dropout_p=self.attn_drop,
+                           training=self.training)
+            attn = None
         out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)
         if ph or pw:
             out = out[:, :H, :W, :]

@@ -376,12 +376,15 @@ class _WithoutNA(torch.nn.Module):
             out = v.new_empty(B, H, W, nh, D).permute(0, 3, 1, 2, 4)
             return out.copy_(v)
 
-        saved = modeling.na2d
-        modeling.na2d = copy_v
+        def copy_v_packed(qkv, *args, **kwargs):  # qkv [B, H, W, 3, heads, D]
+            return copy_v(*qkv.permute(3, 0, 4, 1, 2, 5).unbind(0))
+
+        saved = modeling.na2d, modeling.na2d_qkv
+        modeling.na2d, modeling.na2d_qkv = copy_v, copy_v_packed
         try:
             return self.model(x)
         finally:
-            modeling.na2d = saved
+            modeling.na2d, modeling.na2d_qkv = saved
 
 
 def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):

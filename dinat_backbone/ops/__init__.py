@@ -25,13 +25,15 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._constants import ATTENTION_BACKENDS
-from .cpp_backend import cpp_available, cpp_loaded, na2d_cpp, warn_fallback_once
+from .cpp_backend import (cpp_available, cpp_loaded, cpp_takes_packed, na2d_cpp, na2d_cpp_qkv,
+                          warn_fallback_once)
 from .gather import na2d_av, na2d_gather, na2d_qk
 from .natten_backend import na2d_natten, natten_info, natten_supports
 from .tiled import na2d_tiled
 from .windows import axis_neighborhood, check_kernel_dilation, check_window_fits, pair
 
-__all__ = ["na2d", "na2d_qk", "na2d_av", "available_backends", "BACKENDS", "axis_neighborhood"]
+__all__ = ["na2d", "na2d_qkv", "na2d_qk", "na2d_av", "available_backends", "BACKENDS",
+           "axis_neighborhood"]
 
 BACKENDS = ATTENTION_BACKENDS
 
@@ -176,3 +178,37 @@ def na2d(
     impl = _flex_impl() if backend == "flex" else _IMPLS[backend]
     out, attn = impl(query, key, value, ks, dil, rpb, scale, return_attn, p, training)
     return (out, attn) if return_attn else out
+
+
+def na2d_qkv(
+    qkv: torch.Tensor,
+    kernel_size: Union[int, Sequence[int]],
+    dilation: Union[int, Sequence[int]] = 1,
+    rpb: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    *,
+    dropout_p: float = 0.0,
+    training: bool = False,
+):
+    """:func:`na2d` of q, k, v packed as ``qkv`` [B, H, W, 3, heads, D] (a qkv linear's output,
+    reshaped): the same as ``na2d(*qkv.permute(3, 0, 4, 1, 2, 5).unbind(0), ...)``, and computed
+    that way, except by the compiled "cpp" backend, which reads q, k, v from qkv and writes the
+    gradient of qkv in qkv's own layout (no stacking of dq, dk, dv and no copy into the linear's
+    layout in the backward). Returns out [B, heads, H, W, D]."""
+    if not torch.is_tensor(qkv) or qkv.dim() != 6 or qkv.shape[3] != 3:
+        got = tuple(qkv.shape) if torch.is_tensor(qkv) else type(qkv).__name__
+        raise ValueError(f"na2d_qkv: qkv must be [batch, height, width, 3, heads, head_dim], got "
+                         f"{got}; use na2d with separate query, key and value otherwise")
+    query, key, value = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    ks, dil, sc = _validate(query, key, value, kernel_size, dilation, rpb, scale, backend)
+    p = float(dropout_p) if training else 0.0
+    tracing = _FLOP_TRACE.get() is not None and torch.jit.is_tracing()
+    chosen = backend
+    if backend == "auto" and not tracing and query.numel() > 0:
+        chosen = _auto_backend(query, rpb, False, p)
+    if chosen == "cpp" and not tracing and not torch.jit.is_tracing() and \
+            cpp_takes_packed(qkv, ks, dropout_p, training):
+        return na2d_cpp_qkv(qkv, ks, dil, rpb, sc)
+    return na2d(query, key, value, kernel_size, dilation, rpb, scale, False, chosen,
+                dropout_p=dropout_p, training=training)

@@ -21,7 +21,11 @@ Attention dropout needs the random mask of the weights, which this kernel does n
 kernel sizes above 15.
 
 The kernel is wrapped as two ``torch.library`` custom ops (``dinat_backbone::na2d_cpp_fwd`` /
-``_bwd``), so ``torch.compile`` sees one opaque node, with an autograd formula.
+``_bwd``), so ``torch.compile`` sees one opaque node, with an autograd formula. A second pair
+(``na2d_cpp_qkv_fwd`` / ``_bwd``, :func:`na2d_cpp_qkv`) takes q, k, v packed as one
+[B, H, W, 3, heads, D] tensor (a qkv linear's output, reshaped) and writes the gradient straight
+into that layout: with separate q, k, v (views of it) autograd would stack dq, dk, dv and copy
+the stack into the linear's layout.
 """
 from __future__ import annotations
 
@@ -213,6 +217,80 @@ def _backward(ctx, dout, dattn):
 
 
 _na2d_cpp_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------- q, k, v packed as [B, H, W, 3, heads, D]
+def _unpack(qkv):
+    return qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+
+
+@torch.library.custom_op("dinat_backbone::na2d_cpp_qkv_fwd", mutates_args=(),
+                         schema="(Tensor qkv, Tensor? rpb, int kh, int kw, int dh, int dw, "
+                                "float scale) -> Tensor")
+def _na2d_cpp_qkv_fwd(qkv, rpb, kh, kw, dh, dw, scale):
+    q, k, v = _unpack(qkv)
+    out, _ = _ext().forward(q, k, v, rpb, kh, kw, dh, dw, scale, False)
+    return out
+
+
+@_na2d_cpp_qkv_fwd.register_fake
+def _(qkv, rpb, kh, kw, dh, dw, scale):
+    return _like_canonical(_unpack(qkv)[2], qkv.shape[-1])
+
+
+@torch.library.custom_op("dinat_backbone::na2d_cpp_qkv_bwd", mutates_args=(),
+                         schema="(Tensor dout, Tensor qkv, Tensor? rpb, int kh, int kw, int dh, "
+                                "int dw, float scale, bool rpb_grad) -> (Tensor, Tensor)")
+def _na2d_cpp_qkv_bwd(dout, qkv, rpb, kh, kw, dh, dw, scale, rpb_grad):
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dq, dk, dv = _unpack(dqkv)
+    q, k, v = _unpack(qkv)
+    drpb = _ext().backward_out(dq, dk, dv, dout, None, q, k, v, rpb, kh, kw, dh, dw, scale,
+                               rpb_grad)
+    return dqkv, drpb
+
+
+@_na2d_cpp_qkv_bwd.register_fake
+def _(dout, qkv, rpb, kh, kw, dh, dw, scale, rpb_grad):
+    drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else qkv.new_empty(0)
+    return qkv.new_empty(qkv.shape), drpb
+
+
+def _setup_context_qkv(ctx, inputs, output):
+    qkv, rpb, kh, kw, dh, dw, scale = inputs
+    ctx.params = (kh, kw, dh, dw, scale)
+    ctx.has_rpb = rpb is not None
+    ctx.save_for_backward(qkv, rpb)
+
+
+def _backward_qkv(ctx, dout):
+    qkv, rpb = ctx.saved_tensors
+    kh, kw, dh, dw, scale = ctx.params
+    rpb_grad = ctx.has_rpb and ctx.needs_input_grad[1]
+    dqkv, drpb = _na2d_cpp_qkv_bwd(dout, qkv, rpb, kh, kw, dh, dw, scale, rpb_grad)
+    return dqkv, (drpb if rpb_grad else None), None, None, None, None, None
+
+
+_na2d_cpp_qkv_fwd.register_autograd(_backward_qkv, setup_context=_setup_context_qkv)
+
+
+def cpp_takes_packed(qkv, kernel_size, dropout_p=0.0, training=False) -> bool:
+    """Whether :func:`na2d_cpp_qkv` computes this call itself (else: unpack and call na2d)."""
+    return (qkv.device.type == "cpu" and not (dropout_p and training)
+            and max(kernel_size) <= MAX_KERNEL and qkv.numel() > 0)
+
+
+def na2d_cpp_qkv(qkv, kernel_size, dilation, rpb, scale):
+    """out [B, heads, H, W, D] of q, k, v packed as qkv [B, H, W, 3, heads, D] (validated by the
+    caller, see :func:`cpp_takes_packed`); the gradient of qkv comes back in qkv's layout."""
+    if not torch.compiler.is_compiling():
+        _ext()
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    dtype = qkv.dtype
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    r = rpb.to(cdt) if rpb is not None else None
+    out = torch.ops.dinat_backbone.na2d_cpp_qkv_fwd(qkv.to(cdt), r, kh, kw, dh, dw, float(scale))
+    return out.to(dtype)
 
 
 def na2d_cpp(query, key, value, kernel_size, dilation, rpb, scale, return_attn,

@@ -958,12 +958,18 @@ std::vector<at::Tensor> na2d_forward(const at::Tensor& q, const at::Tensor& k,
   return {out, attn};
 }
 
-std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& gattn,
-                                      const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& v, const c10::optional<at::Tensor>& rpb,
-                                      int64_t kh, int64_t kw, int64_t dh, int64_t dw,
-                                      double scale, bool rpb_grad) {
+// The backward into given dq / dk / dv (any strides; every element is written); returns the
+// RPB gradient (empty without it).
+at::Tensor na2d_backward_out(at::Tensor dq, at::Tensor dk, at::Tensor dv, const at::Tensor& dout,
+                             const c10::optional<at::Tensor>& gattn, const at::Tensor& q,
+                             const at::Tensor& k, const at::Tensor& v,
+                             const c10::optional<at::Tensor>& rpb, int64_t kh, int64_t kw,
+                             int64_t dh, int64_t dw, double scale, bool rpb_grad) {
   check_inputs(q, k, v, rpb, kh, kw, dh, dw);
+  TORCH_CHECK(dq.sizes() == q.sizes() && dk.sizes() == k.sizes() && dv.sizes() == v.sizes() &&
+                  dq.scalar_type() == q.scalar_type() && dk.scalar_type() == q.scalar_type() &&
+                  dv.scalar_type() == q.scalar_type(),
+              "na2d cpp backend: dq, dk, dv must match q, k, v in shape and dtype");
   TORCH_CHECK(dout.sizes() == v.sizes() && dout.scalar_type() == q.scalar_type(),
               "na2d cpp backend: grad of out must match v");
   at::Tensor rpbc = rpb.has_value() ? rpb->contiguous() : at::Tensor();
@@ -973,9 +979,6 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
                 "na2d cpp backend: grad of attn must be [B, heads, H, W, kh*kw]");
     ga = gattn->to(q.scalar_type()).contiguous();
   }
-  at::Tensor dq = like_canonical(q, q.size(4));
-  at::Tensor dk = like_canonical(k, k.size(4));
-  at::Tensor dv = like_canonical(v, v.size(4));
   const int64_t tasks = q.size(0) * q.size(1) * dh * dw;
   const int nch = num_chunks(q.size(2), kh, dh);
   const int64_t nb = (2 * kh - 1) * (2 * kw - 1);
@@ -1019,6 +1022,19 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
   } else {
     drpb = at::empty({0}, q.options());
   }
+  return drpb;
+}
+
+std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& gattn,
+                                      const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const c10::optional<at::Tensor>& rpb,
+                                      int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                      double scale, bool rpb_grad) {
+  at::Tensor dq = like_canonical(q, q.size(4));
+  at::Tensor dk = like_canonical(k, k.size(4));
+  at::Tensor dv = like_canonical(v, v.size(4));
+  at::Tensor drpb = na2d_backward_out(dq, dk, dv, dout, gattn, q, k, v, rpb, kh, kw, dh, dw,
+                                      scale, rpb_grad);
   return {dq, dk, dv, drpb};
 }
 
@@ -1027,5 +1043,7 @@ std::vector<at::Tensor> na2d_backward(const at::Tensor& dout, const c10::optiona
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &na2d_forward, "neighborhood attention forward (CPU)");
   m.def("backward", &na2d_backward, "neighborhood attention backward (CPU)");
+  m.def("backward_out", &na2d_backward_out,
+        "neighborhood attention backward (CPU) into given dq, dk, dv; returns the RPB grad");
   m.def("num_chunks", &num_chunks, "row chunks per task for (H, kh, dh)");
 }

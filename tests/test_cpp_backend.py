@@ -1,4 +1,5 @@
-"""The compiled "cpp" backend on maps tall enough that each task's rows are split into chunks.
+"""The compiled "cpp" backend: maps tall enough that each task's rows are split into chunks, and
+q, k, v packed as one [B, H, W, 3, heads, D] tensor (na2d_qkv, what the model calls).
 
 The kernel splits every (batch, head, residue class) task's query rows into chunks of at least
 max(16, 2 * kernel) rows that run in parallel; the keys two chunks both reach get their dk / dv
@@ -111,3 +112,47 @@ def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
     assert torch.equal(o1, o2) and torch.equal(a1, a2)
     for n in g1:
         assert torch.equal(g1[n], g2[n]), n
+
+
+# ------------------------------------------- q, k, v packed as [B, H, W, 3, heads, D]: na2d_qkv
+@pytest.mark.parametrize("name", ["k5d1-50x13", "k7d2-67x15"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_packed_qkv_matches_the_definition(name, dtype):
+    # the model's path (na2d_qkv, gradient written straight into the packed layout) against
+    # the float64 definition on the unpacked q, k, v, every gradient included
+    from dinat_backbone.ops import na2d_qkv
+
+    x, go, _, ks, dil, _ = _case(name)
+    packed = torch.stack([x["q"], x["k"], x["v"]]).permute(1, 3, 4, 0, 2, 5).contiguous()
+    leaves = [packed.to(dtype).requires_grad_(True), x["rpb"].to(dtype).requires_grad_(True)]
+    out = na2d_qkv(leaves[0], ks, dil, rpb=leaves[1], backend="cpp")
+    got = [out] + list(torch.autograd.grad(out, leaves, go.to(dtype)))
+    ref_leaves = [packed.clone().requires_grad_(True), x["rpb"].clone().requires_grad_(True)]
+    q, k, v = ref_leaves[0].permute(3, 0, 4, 1, 2, 5).unbind(0)
+    ref_out = na2d_slow(q, k, v, ks, dil, ref_leaves[1])[0]
+    ref = [ref_out] + list(torch.autograd.grad(ref_out, ref_leaves, go))
+    assert got[1].shape == packed.shape and got[1].is_contiguous()
+    for what, a, e in zip(["out", "grad_qkv", "grad_rpb"], got, ref):
+        err = (a.double() - e).abs().max().item()
+        assert a.dtype == dtype and err <= TOL[dtype], f"{name} {dtype}: {what} {err:.3g}"
+
+
+def test_packed_qkv_custom_ops_pass_opcheck():
+    import dinat_backbone.ops.cpp_backend  # noqa: F401  (registers the ops)
+
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(1, 9, 11, 3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    rpb = torch.randn(2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.dinat_backbone.na2d_cpp_qkv_fwd.default,
+                          (qkv, rpb, 3, 3, 2, 2, 0.5))
+
+
+def test_packed_qkv_refuses_a_wrong_layout_and_other_backends_unpack():
+    from dinat_backbone.ops import na2d_qkv
+
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(1, 9, 11, 3, 2, 4, generator=g)
+    with pytest.raises(ValueError, match=r"\[batch, height, width, 3, heads, head_dim\]"):
+        na2d_qkv(qkv.permute(3, 0, 1, 2, 4, 5), 3)
+    q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    assert torch.equal(na2d_qkv(qkv, 3, 2, backend="tiled"), na2d(q, k, v, 3, 2, backend="tiled"))
