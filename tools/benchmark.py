@@ -16,8 +16,9 @@ Sections (all by default; pick with --sections):
   Swin-T and ConvNeXt-T feature extractors (``.features``, no classifier head), inference
   (no_grad forward) and training (forward + backward of the sum of the outputs), images/s and
   peak memory, with ratios against Swin-T measured in the same run, same threads, same dtype
-  (``--autocast bfloat16`` runs them under autocast). ``--models dinat_tiny_no_na`` adds an
-  analysis row: DiNAT-T with the attention op replaced by a copy of v (what the rest of the
+  (``--autocast bfloat16`` runs them under autocast). ``--models dinat_tiny_unpacked`` adds
+  DiNAT-T as it was before ``na2d_qkv`` (q, k, v unbound from the qkv linear's output).
+  ``--models dinat_tiny_no_na`` adds an analysis row: DiNAT-T with the attention op replaced by a copy of v (what the rest of the
   network costs).
 * ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
 * ``profile`` (not in the default set): torch.profiler over training steps at 224 (batch 8) of
@@ -79,7 +80,9 @@ MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
 # dinat_tiny is the op's share (forward + backward) of a step.
 # dinat_tiny_tiled: DiNAT-T with the pure-PyTorch "tiled" backend instead of "auto" (which is the
 # compiled "cpp" kernel on the CPU where it builds): both backends in one run.
-EXTRA_MODELS = ["dinat_tiny_no_na", "dinat_tiny_tiled"]
+# dinat_tiny_unpacked: DiNAT-T calling na2d on q, k, v unbound from the qkv linear's output (the
+# model before na2d_qkv): autograd then stacks dq, dk, dv and copies them into the linear's layout.
+EXTRA_MODELS = ["dinat_tiny_no_na", "dinat_tiny_tiled", "dinat_tiny_unpacked"]
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -387,9 +390,34 @@ class _WithoutNA(torch.nn.Module):
             modeling.na2d, modeling.na2d_qkv = saved
 
 
+class _Unpacked(torch.nn.Module):
+    """Runs a DiNAT model with na2d_qkv computed as na2d on q, k, v unbound from qkv."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        import dinat_backbone.modeling as modeling
+        from dinat_backbone.ops import na2d
+
+        def unpacked(qkv, kernel_size, dilation=1, rpb=None, scale=None, backend="auto", **kw):
+            q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+            return na2d(q, k, v, kernel_size, dilation, rpb, scale, False, backend, **kw)
+
+        saved = modeling.na2d_qkv
+        modeling.na2d_qkv = unpacked
+        try:
+            return self.model(x)
+        finally:
+            modeling.na2d_qkv = saved
+
+
 def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
     if name == "dinat_tiny_no_na":
         return _WithoutNA(build_model("dinat_tiny", size_label, device, dtype, ckpt))
+    if name == "dinat_tiny_unpacked":
+        return _Unpacked(build_model("dinat_tiny", size_label, device, dtype, ckpt))
     if name.startswith("dinat_"):
         from dinat_backbone.backbone import DinatBackbone
 
