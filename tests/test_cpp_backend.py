@@ -67,12 +67,12 @@ def test_the_cases_split_into_chunks():
 
 
 def _slow(ks, dil):
-    return lambda l: na2d_slow(l["q"], l["k"], l["v"], ks, dil, l.get("rpb"))
+    return lambda t: na2d_slow(t["q"], t["k"], t["v"], ks, dil, t.get("rpb"))
 
 
 def _cpp(ks, dil, return_attn):
-    def f(l):
-        res = na2d(l["q"], l["k"], l["v"], ks, dil, rpb=l.get("rpb"), return_attn=return_attn,
+    def f(t):
+        res = na2d(t["q"], t["k"], t["v"], ks, dil, rpb=t.get("rpb"), return_attn=return_attn,
                    backend="cpp")
         return res if return_attn else (res, torch.empty(0))
     return f

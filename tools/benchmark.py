@@ -18,8 +18,8 @@ Sections (all by default; pick with --sections):
   peak memory, with ratios against Swin-T measured in the same run, same threads, same dtype
   (``--autocast bfloat16`` runs them under autocast). ``--models dinat_tiny_unpacked`` adds
   DiNAT-T as it was before ``na2d_qkv`` (q, k, v unbound from the qkv linear's output).
-  ``--models dinat_tiny_no_na`` adds an analysis row: DiNAT-T with the attention op replaced by a copy of v (what the rest of the
-  network costs).
+  ``--models dinat_tiny_no_na`` adds an analysis row: DiNAT-T with the attention op replaced by a
+  copy of v (what the rest of the network costs).
 * ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
 * ``profile`` (not in the default set): torch.profiler over training steps at 224 (batch 8) of
   --profile-models at --profile-threads: self time per category (attention op, linears,
