@@ -154,6 +154,22 @@ def _check_rotation(max_rotation):
     return float(max_rotation)
 
 
+def parse_rotation(text: str):
+    """A command line's ``--max-rotation``: degrees in [0, 180], or ``any`` / ``none`` for any
+    angle (None). For argparse's ``type=``: a bad value raises ``argparse.ArgumentTypeError``."""
+    import argparse
+
+    if text.strip().lower() in ("any", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 180:
+        raise argparse.ArgumentTypeError(f"expected degrees in [0, 180] or 'any', got {text!r}")
+    return value
+
+
 def _blob_vertices(rng, cx, cy, r) -> List[Tuple[float, float]]:
     """An irregular (clutter) polygon."""
     n = int(rng.integers(7, 12))

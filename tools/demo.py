@@ -48,6 +48,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from dinat_backbone import demo_data  # noqa: E402
 from dinat_backbone.demo_data import DEMO_SIZE  # noqa: E402  (the one definition of the demo's size)
 
 DET_CONFIG = osp.join(ROOT, "configs", "demo", "mask-rcnn_dinat-mini_demo.py")
@@ -55,16 +56,7 @@ SEG_CONFIG = osp.join(ROOT, "configs", "demo", "upernet_dinat-mini_demo.py")
 D2_CONFIG = osp.join(ROOT, "configs", "demo", "d2_mask_rcnn_dinat_mini_demo.yaml")
 
 
-def _rotation(text: str):
-    if text.strip().lower() in ("any", "none"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= 180:
-        raise argparse.ArgumentTypeError(f"expected degrees in [0, 180] or 'any', got {text!r}")
-    return value
+_rotation = demo_data.parse_rotation  # --max-rotation
 
 
 def parse_args(argv=None):

@@ -67,16 +67,7 @@ CNN_CHANNELS = (32, 64, 128, 256)
 
 
 # ---------------------------------------------------------------------------------- arguments
-def _rotation(text: str):
-    if text.strip().lower() in ("any", "none"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= 180:
-        raise argparse.ArgumentTypeError(f"expected degrees in [0, 180] or 'any', got {text!r}")
-    return value
+_rotation = demo_data.parse_rotation  # --max-rotation
 
 
 def _int_at_least(minimum: int):
@@ -91,24 +82,22 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _float_check(strict: bool):
+    """argparse type: a finite number > 0 (strict) or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"expected {'a positive number' if strict else 'a number >= 0'}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_float = _float_check(strict=True)
+_non_negative_float = _float_check(strict=False)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
