@@ -29,6 +29,13 @@
 // giving dS = P * (dP - sum P*dP) and dq, and keeps P and dS of the last rows in a ring buffer in
 // the same extended layout; pass 2 walks key rows and gathers dk and dv from the queries whose
 // windows contain each key (key-centric: no scatter-adds).
+//
+// Register blocking across rows: two neighbouring query rows share kh - 1 (or kh) of their
+// window rows, so q.k, p.v, dout.v and dS.k take query rows in pairs (each key / value vector
+// loaded, and lane-shifted, once for two rows' FMAs), and pass 2 takes key rows in pairs (each
+// q / dout vector loaded once for two key rows). Every sum keeps its order (over channels, or
+// window rows then entries, or query rows then entries), so a pair gives the bits of two single
+// rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -69,6 +76,16 @@ inline V loadu(const T* p) {
 template <typename V, typename T>
 inline void storeu(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
+}
+
+// Pins a loaded vector in a register: without it the compiler folds the load into each FMA
+// that uses it (one load per use), which defeats loading a vector once for two rows.
+template <typename V>
+inline V in_reg(V x) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+v"(x));
+#endif
+  return x;
 }
 
 template <typename V, typename T>
@@ -207,6 +224,61 @@ inline void dots(const T* a, const T* b, int D, int64_t LP, int n, V* out) {
   }
 }
 
+// Two query rows of the same columns at once (register blocking across rows): out0[j] =
+// a0 . key j and out1[j] = a1 . key j, each key vector (and its shifted lanes) loaded once for
+// both. Every sum runs over d in the same order as dot_n's: the same bits.
+template <int EB, bool BC, typename T, typename V>
+inline void dot2_n(const T* a0, const T* a1, const T* b, int D, int64_t LP, V* out0, V* out1) {
+  V acc0[EB], acc1[EB];
+  for (int j = 0; j < EB; ++j) acc0[j] = acc1[j] = V{};
+  if (BC) {
+    for (int d = 0; d < D; ++d) {
+      const V av0 = loadu<V>(a0 + d * LP), av1 = loadu<V>(a1 + d * LP);
+      const T* bp = b + d * LP;
+      for (int j = 0; j < EB; ++j) {
+        const V kv = splat<V>(bp[j]);
+        acc0[j] += av0 * kv;
+        acc1[j] += av1 * kv;
+      }
+    }
+  } else {
+    using M = decltype(acc0[0] < acc0[0]);
+    for (int d = 0; d < D; ++d) {
+      const V av0 = loadu<V>(a0 + d * LP), av1 = loadu<V>(a1 + d * LP);
+      const T* bp = b + d * LP;
+      const V lo = loadu<V>(bp), hi = loadu<V>(bp + NL);
+      for (int j = 0; j < EB; ++j) {
+        const M idx = M{0, 1, 2, 3, 4, 5, 6, 7} + j;
+        const V kv = NA_SHUFFLE2(lo, hi, idx);
+        acc0[j] += av0 * kv;
+        acc1[j] += av1 * kv;
+      }
+    }
+  }
+  for (int j = 0; j < EB; ++j) {
+    out0[j] = acc0[j];
+    out1[j] = acc1[j];
+  }
+}
+
+template <bool BC, typename T, typename V>
+inline void dots2(const T* a0, const T* a1, const T* b, int D, int64_t LP, int n, V* out0,
+                  V* out1) {
+  int e = 0;
+  for (; n - e > 8; e += 8) dot2_n<8, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e);
+  switch (n - e) {
+    case 8: dot2_n<8, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 7: dot2_n<7, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 6: dot2_n<6, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 5: dot2_n<5, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 4: dot2_n<4, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 3: dot2_n<3, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 2: dot2_n<2, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    case 1: dot2_n<1, BC>(a0, a1, b + e, D, LP, out0 + e, out1 + e); break;
+    default: break;
+  }
+}
+
 // acc[j] = sum_{i < rows, e < ne} P[i*ne + e] * ld(base + i*rowstride + e + j*LP), j < DB.
 template <int DB, bool BC, typename T, typename V>
 inline void wsum_n(const V* P, int rows, int ne, const T* base, int64_t rowstride, int64_t LP,
@@ -223,6 +295,50 @@ inline void wsum_n(const V* P, int rows, int ne, const T* base, int64_t rowstrid
     }
   }
   for (int j = 0; j < DB; ++j) out[j] = acc[j];
+}
+
+// wsum_n for two query rows whose window rows start dsh (0 or 1) apart: key row r (from the
+// first row's window start) is row r of P0 (r < kh) and row r - dsh of P1 (r >= dsh); each key
+// vector is loaded once for both. Each sum keeps wsum_n's order (rows, then entries).
+template <int DB, bool BC, typename T, typename V>
+inline void wsum2_n(const V* P0, const V* P1, int kh, int dsh, int ne, const T* base,
+                    int64_t rowstride, int64_t LP, V* out0, V* out1) {
+  V acc0[DB], acc1[DB];
+  for (int j = 0; j < DB; ++j) acc0[j] = acc1[j] = V{};
+  for (int r = 0; r < kh + dsh; ++r) {
+    const T* vb = base + r * rowstride;
+    if (r >= dsh && r < kh) {
+      const V* p0 = P0 + r * ne;
+      const V* p1 = P1 + (r - dsh) * ne;
+      for (int e = 0; e < ne; ++e) {
+        const V w0 = p0[e], w1 = p1[e];
+        const T* vp = vb + e;
+        for (int j = 0; j < DB; ++j) {
+          const V x = in_reg(ld<BC, V>(vp + j * LP));
+          acc0[j] += w0 * x;
+          acc1[j] += w1 * x;
+        }
+      }
+    } else if (r < kh) {  // the first row's only (r < dsh)
+      const V* p = P0 + r * ne;
+      for (int e = 0; e < ne; ++e) {
+        const V w = p[e];
+        const T* vp = vb + e;
+        for (int j = 0; j < DB; ++j) acc0[j] += w * ld<BC, V>(vp + j * LP);
+      }
+    } else {  // the second row's only (r = kh - 1 + dsh)
+      const V* p = P1 + (r - dsh) * ne;
+      for (int e = 0; e < ne; ++e) {
+        const V w = p[e];
+        const T* vp = vb + e;
+        for (int j = 0; j < DB; ++j) acc1[j] += w * ld<BC, V>(vp + j * LP);
+      }
+    }
+  }
+  for (int j = 0; j < DB; ++j) {
+    out0[j] = acc0[j];
+    out1[j] = acc1[j];
+  }
 }
 
 // Calls block(integral_constant<DB>, d0) over channel blocks of 8, 4, 2, 1.
@@ -447,6 +563,34 @@ inline void block_dots(const Task<T>& tk, const Block<T, V>& bk, const T* AT, co
   }
 }
 
+// block_dots for query rows y and y + 1 (same block) at once: L0 of row y, L1 of row y + 1;
+// a key row both windows hold is read once for both.
+template <typename T, typename V>
+inline void block_dots2(const Task<T>& tk, const Block<T, V>& bk, const T* AT, const T* XT,
+                        int C, int y, int kh, int kw, V* L0, V* L1) {
+  const int sh0 = tk.ay.s[y], sh1 = tk.ay.s[y + 1];
+  const T* a0 = AT + tk.qrow(y, C) + tk.PL + bk.x0;
+  const T* a1 = AT + tk.qrow(y + 1, C) + tk.PL + bk.x0;
+  const int ne = bk.ne;
+  for (int r = sh0; r < sh1 + kh; ++r) {
+    const int i0 = r - sh0, i1 = r - sh1;
+    const T* xb = XT + tk.krow(r, C) + tk.PL + bk.key_col0(kw);
+    if (i0 < kh && i1 >= 0) {
+      if (bk.abs)
+        dots2<true, T, V>(a0, a1, xb, C, tk.LP, ne, L0 + i0 * ne, L1 + i1 * ne);
+      else
+        dots2<false, T, V>(a0, a1, xb, C, tk.LP, ne, L0 + i0 * ne, L1 + i1 * ne);
+    } else {
+      const T* a = i0 < kh ? a0 : a1;
+      V* o = i0 < kh ? L0 + i0 * ne : L1 + i1 * ne;
+      if (bk.abs)
+        dots<true, T, V>(a, xb, C, tk.LP, ne, o);
+      else
+        dots<false, T, V>(a, xb, C, tk.LP, ne, o);
+    }
+  }
+}
+
 // RPB of absolute blocks as lane vectors: [RPB row][block][entry] (the RPB column of entry e
 // differs per lane there); empty when there is no RPB or no absolute block.
 template <typename T, typename V>
@@ -477,14 +621,13 @@ std::vector<V> abs_bias_table(const Problem<T>& P, const Task<T>& tk,
 
 // Logits (scaled, + RPB) of one block into L[i*ne + e], then the masked softmax in place:
 // L = exp(logit - max) (0 outside the windows), normalised when `normalize`; returns 1 / sum.
+// softmax_of: the same from logits already in L (q.k, not yet scaled).
 template <typename T, typename V>
-inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
-                       const T* QT, const T* KT, int y, V* L, bool normalize,
-                       const V* absbias) {
+inline V softmax_of(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk, int y, V* L,
+                    bool normalize, const V* absbias) {
   const int kh = P.kh, kw = P.kw;
   const int sh = tk.ay.s[y];
   const int ne = bk.ne;
-  block_dots<T, V>(tk, bk, QT, KT, P.D, y, sh, kh, kw, L);
   const V sc = splat<V>(P.scale);
   const V zero = V{};
   const V ninf = splat<V>(-std::numeric_limits<T>::infinity());
@@ -538,6 +681,14 @@ inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
   return inv;
 }
 
+template <typename T, typename V>
+inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
+                       const T* QT, const T* KT, int y, V* L, bool normalize,
+                       const V* absbias) {
+  block_dots<T, V>(tk, bk, QT, KT, P.D, y, tk.ay.s[y], P.kh, P.kw, L);
+  return softmax_of<T, V>(P, tk, bk, y, L, normalize, absbias);
+}
+
 // dst[b,h,Y,X,c] = mult * lm * sum_{i,e} W[i,e] * XT[key of (i, e)][c] for the block's queries.
 template <typename T, typename V>
 inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
@@ -557,6 +708,35 @@ inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
   });
 }
 
+// block_wsum for query rows y and y + 1 (weights W0, W1; factors lm0, lm1) at once.
+template <typename T, typename V>
+inline void block_wsum2(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
+                        const V* W0, const V* W1, const T* XT, int C, int y, T mult,
+                        const V& lm0, const V& lm1, T* dst, const Strides& sd) {
+  const int sh = tk.ay.s[y], dsh = tk.ay.s[y + 1] - sh;
+  const T* base = XT + tk.krow(sh, C) + tk.PL + bk.key_col0(P.kw);
+  T* ob0 = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * y) * sd.s[2] +
+           (int64_t)(tk.rw + P.dw * bk.x0) * sd.s[3];
+  T* ob1 = ob0 + (int64_t)P.dh * sd.s[2];
+  const V f0 = lm0 * mult, f1 = lm1 * mult;
+  channel_blocks(C, [&](auto DBc, int d0) {
+    constexpr int DB = decltype(DBc)::value;
+    V acc0[DB], acc1[DB];
+    if (bk.abs)
+      wsum2_n<DB, true, T, V>(W0, W1, P.kh, dsh, bk.ne, base + d0 * tk.LP, (int64_t)C * tk.LP,
+                              tk.LP, acc0, acc1);
+    else
+      wsum2_n<DB, false, T, V>(W0, W1, P.kh, dsh, bk.ne, base + d0 * tk.LP, (int64_t)C * tk.LP,
+                               tk.LP, acc0, acc1);
+    for (int j = 0; j < DB; ++j) {
+      acc0[j] *= f0;
+      acc1[j] *= f1;
+    }
+    store_lanes<DB, T, V>(acc0, bk.nv, ob0, P.dw * sd.s[3], sd.s[4], d0);
+    store_lanes<DB, T, V>(acc1, bk.nv, ob1, P.dw * sd.s[3], sd.s[4], d0);
+  });
+}
+
 template <typename T>
 void forward_task(const Problem<T>& P, int64_t item, int nch) {
   using V = typename VecOf<T>::type;
@@ -566,24 +746,44 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
   tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
   tk.gather(P, P.v, P.sv, P.Dv, VT, tk.ky0, tk.ky1);
   const int kh = P.kh, kw = P.kw, KK = kh * kw;
-  std::vector<V> L((size_t)kh * (2 * kw - 1));
+  std::vector<V> L((size_t)kh * (2 * kw - 1)), L1((size_t)kh * (2 * kw - 1));
   const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
   const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
+  const bool attn = P.attn != nullptr;
+  auto write_attn = [&](const Block<T, V>& bk, int y, const V* W) {
+    const int Y = tk.rh + P.dh * y;
+    for (int l = 0; l < bk.nv; ++l) {
+      const int X = tk.rw + P.dw * (bk.x0 + l);
+      T* a = P.attn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
+      for (int i = 0; i < kh; ++i)
+        for (int c = 0; c < kw; ++c) a[i * kw + c] = W[i * bk.ne + bk.f[l] + c][l];
+    }
+  };
   auto one = [&](const Block<T, V>& bk, int y) {
-    const bool attn = P.attn != nullptr;
     const V inv =
         block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), attn, absb.data());
     block_wsum<T, V>(P, tk, bk, L.data(), VT.data(), P.Dv, y, T(1),
                      attn ? splat<V>(T(1)) : inv, P.out, P.so);
-    if (P.attn) {
-      const int Y = tk.rh + P.dh * y;
-      for (int l = 0; l < bk.nv; ++l) {
-        const int X = tk.rw + P.dw * (bk.x0 + l);
-        T* a = P.attn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
-        for (int i = 0; i < kh; ++i)
-          for (int c = 0; c < kw; ++c) a[i * kw + c] = L[i * bk.ne + bk.f[l] + c][l];
-      }
+    if (attn) write_attn(bk, y, L.data());
+  };
+  // Query rows y and y + 1 together: each key / value row both windows hold is read once.
+  auto two = [&](const Block<T, V>& bk, int y) {
+    block_dots2<T, V>(tk, bk, QT.data(), KT.data(), P.D, y, kh, kw, L.data(), L1.data());
+    const V inv0 = softmax_of<T, V>(P, tk, bk, y, L.data(), attn, absb.data());
+    const V inv1 = softmax_of<T, V>(P, tk, bk, y + 1, L1.data(), attn, absb.data());
+    const V one_v = splat<V>(T(1));
+    block_wsum2<T, V>(P, tk, bk, L.data(), L1.data(), VT.data(), P.Dv, y, T(1),
+                      attn ? one_v : inv0, attn ? one_v : inv1, P.out, P.so);
+    if (attn) {
+      write_attn(bk, y, L.data());
+      write_attn(bk, y + 1, L1.data());
     }
+  };
+  auto rows = [&](const Block<T, V>& bk, int y) {
+    if (y + 1 < tk.y1)
+      two(bk, y);
+    else
+      one(bk, y);
   };
   // Narrow maps: column blocks outside, rows inside (a block's strip of keys and values stays
   // in the cache from row to row). Wide maps: rows outside (the kh key rows of a query row,
@@ -591,10 +791,10 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
   // columns, the second on 304 (by about a quarter); the switch at 128 lies between the two.
   if (tk.Gw < 128) {
     for (const Block<T, V>& bk : blocks)
-      for (int y = tk.y0; y < tk.y1; ++y) one(bk, y);
+      for (int y = tk.y0; y < tk.y1; y += 2) rows(bk, y);
   } else {
-    for (int y = tk.y0; y < tk.y1; ++y)
-      for (const Block<T, V>& bk : blocks) one(bk, y);
+    for (int y = tk.y0; y < tk.y1; y += 2)
+      for (const Block<T, V>& bk : blocks) rows(bk, y);
   }
 }
 
@@ -653,97 +853,134 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   // Ring of query rows: P and dS per (window row i, entry) -- relative: [i][e][PL + x];
   // absolute: [i][x][key column] (rows of LPk).
   const int64_t LPk = Gw + 2 * NL;  // room for the 8-entry stores of the last entries
+  // ring: room for the query rows of two key rows at once (pass2 takes key rows in pairs)
   int ring = 1;
-  for (int r = 0; r < Gh; ++r) ring = std::max(ring, yhi[r] - ylo[r] + 1);
+  for (int r = 0; r < Gh; ++r)
+    ring = std::max(ring, yhi[std::min(r + 1, Gh - 1)] - ylo[r] + 1);
   const int64_t slot_size = ring_abs ? (int64_t)kh * Gw * LPk : (int64_t)kh * NE * LP;
-  std::vector<T> PB((size_t)ring * slot_size), SB((size_t)ring * slot_size);
-  std::vector<V> L((size_t)kh * NE), DP((size_t)kh * NE);
+  // reused from task to task (each slot is cleared before a row is written to it): fresh
+  // buffers of this size cost page faults on every task
+  static thread_local std::vector<T> PB, SB;
+  if (PB.size() < (size_t)(ring * slot_size)) {
+    PB.resize((size_t)(ring * slot_size));
+    SB.resize((size_t)(ring * slot_size));
+  }
+  std::vector<V> L((size_t)kh * NE), DP((size_t)kh * NE), L1((size_t)kh * NE),
+      DP1((size_t)kh * NE);
   // dS summed per (RPB row, block, entry) as lane vectors; reduced to the RPB table at the end
   // (each block maps (entry, lane) to a fixed RPB column).
   const int nqb = tk.nqb;
   std::vector<V> gacc(P.drpb_part ? (size_t)(2 * kh - 1) * nqb * NE : 0, V{});
   const V zero = V{};
 
-  auto pass1 = [&](int y) {
+  auto clear_slot = [&](int y) {
     const int slot = y % ring;
-    T* pb = PB.data() + slot * slot_size;
-    T* sb = SB.data() + slot * slot_size;
-    std::fill(pb, pb + slot_size, T(0));
-    std::fill(sb, sb + slot_size, T(0));
+    std::fill(PB.data() + slot * slot_size, PB.data() + (slot + 1) * slot_size, T(0));
+    std::fill(SB.data() + slot * slot_size, SB.data() + (slot + 1) * slot_size, T(0));
+  };
+  // From P (in L) and dP (in DP) of query row y's block: dS (into DP), its RPB sums, and P and
+  // dS into the ring.
+  auto row_tail = [&](const Block<T, V>& bk, int y, V* L, V* DP) {
+    const int ne = bk.ne;
     const int sh = tk.ay.s[y];
     const int Y = tk.rh + P.dh * y;
-    for (const Block<T, V>& bk : blocks) {
-      const int ne = bk.ne;
-      block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), true, absb.data());
-      block_dots<T, V>(tk, bk, DOT.data(), VT.data(), Dv, y, sh, kh, kw, DP.data());
-      if (P.gattn) {
-        for (int l = 0; l < bk.nv; ++l) {
-          const int X = tk.rw + P.dw * (bk.x0 + l);
-          const T* g = P.gattn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
-          for (int i = 0; i < kh; ++i)
-            for (int c = 0; c < kw; ++c) DP[i * ne + bk.f[l] + c][l] += g[i * kw + c];
-        }
-      }
-      V delta = zero;
-      for (int i = 0; i < kh * ne; ++i) delta += L[i] * DP[i];
-      for (int i = 0; i < kh * ne; ++i) DP[i] = L[i] * (DP[i] - delta);
-      if (P.drpb_part) {
-        const int qb = bk.x0 / NL;
-        for (int i = 0; i < kh; ++i) {
-          V* g = gacc.data() + ((int64_t)(sh + i - y + kh - 1) * nqb + qb) * NE;
-          for (int e = 0; e < ne; ++e) g[e] += DP[i * ne + e];
-        }
-      }
-      block_wsum<T, V>(P, tk, bk, DP.data(), KT.data(), D, y, P.scale, splat<V>(T(1)), P.dq,
-                       P.sdq);
-      if (ring_abs && bk.abs) {
-        // ring[i][x][lo + e] = P[i][e][lane x]: 8x8 transposes of (entries x lanes)
+    T* pb = PB.data() + (y % ring) * slot_size;
+    T* sb = SB.data() + (y % ring) * slot_size;
+    if (P.gattn) {
+      for (int l = 0; l < bk.nv; ++l) {
+        const int X = tk.rw + P.dw * (bk.x0 + l);
+        const T* g = P.gattn + ((((int64_t)tk.b * P.NH + tk.h) * P.H + Y) * P.W + X) * KK;
         for (int i = 0; i < kh; ++i)
-          for (int e0 = 0; e0 < ne; e0 += 8) {
-            V rp[8], rs[8];
-            for (int j = 0; j < 8; ++j) {
-              rp[j] = e0 + j < ne ? L[i * ne + e0 + j] : zero;
-              rs[j] = e0 + j < ne ? DP[i * ne + e0 + j] : zero;
-            }
-            transpose8(rp);
-            transpose8(rs);
-            for (int l = 0; l < bk.nv; ++l) {
-              const int64_t off = ((int64_t)i * Gw + bk.x0 + l) * LPk + bk.lo + e0;
-              storeu<V, T>(pb + off, rp[l]);
-              storeu<V, T>(sb + off, rs[l]);
-            }
+          for (int c = 0; c < kw; ++c) DP[i * ne + bk.f[l] + c][l] += g[i * kw + c];
+      }
+    }
+    V delta = zero;
+    for (int i = 0; i < kh * ne; ++i) delta += L[i] * DP[i];
+    for (int i = 0; i < kh * ne; ++i) DP[i] = L[i] * (DP[i] - delta);
+    if (P.drpb_part) {
+      const int qb = bk.x0 / NL;
+      for (int i = 0; i < kh; ++i) {
+        V* g = gacc.data() + ((int64_t)(sh + i - y + kh - 1) * nqb + qb) * NE;
+        for (int e = 0; e < ne; ++e) g[e] += DP[i * ne + e];
+      }
+    }
+    if (ring_abs && bk.abs) {
+      // ring[i][x][lo + e] = P[i][e][lane x]: 8x8 transposes of (entries x lanes)
+      for (int i = 0; i < kh; ++i)
+        for (int e0 = 0; e0 < ne; e0 += 8) {
+          V rp[8], rs[8];
+          for (int j = 0; j < 8; ++j) {
+            rp[j] = e0 + j < ne ? L[i * ne + e0 + j] : zero;
+            rs[j] = e0 + j < ne ? DP[i * ne + e0 + j] : zero;
           }
-      } else if (!ring_abs && !bk.abs) {
-        for (int i = 0; i < kh; ++i)
-          for (int e = 0; e < ne; ++e) {
-            const int64_t off = ((int64_t)i * NE + bk.lo + e) * LP + PL + bk.x0;
-            storeu<V, T>(pb + off, L[i * ne + e]);
-            storeu<V, T>(sb + off, DP[i * ne + e]);
+          transpose8(rp);
+          transpose8(rs);
+          for (int l = 0; l < bk.nv; ++l) {
+            const int64_t off = ((int64_t)i * Gw + bk.x0 + l) * LPk + bk.lo + e0;
+            storeu<V, T>(pb + off, rp[l]);
+            storeu<V, T>(sb + off, rs[l]);
           }
-      } else {
-        for (int l = 0; l < bk.nv; ++l) {
-          const int x = bk.x0 + l;
-          for (int i = 0; i < kh; ++i)
-            for (int c = 0; c < kw; ++c) {
-              const int64_t off = ring_abs
-                  ? ((int64_t)i * Gw + x) * LPk + bk.sw[l] + c
-                  : ((int64_t)i * NE + bk.sw[l] - x + kw - 1 + c) * LP + PL + x;
-              pb[off] = L[i * ne + bk.f[l] + c][l];
-              sb[off] = DP[i * ne + bk.f[l] + c][l];
-            }
         }
+    } else if (!ring_abs && !bk.abs) {
+      for (int i = 0; i < kh; ++i)
+        for (int e = 0; e < ne; ++e) {
+          const int64_t off = ((int64_t)i * NE + bk.lo + e) * LP + PL + bk.x0;
+          storeu<V, T>(pb + off, L[i * ne + e]);
+          storeu<V, T>(sb + off, DP[i * ne + e]);
+        }
+    } else {
+      for (int l = 0; l < bk.nv; ++l) {
+        const int x = bk.x0 + l;
+        for (int i = 0; i < kh; ++i)
+          for (int c = 0; c < kw; ++c) {
+            const int64_t off = ring_abs
+                ? ((int64_t)i * Gw + x) * LPk + bk.sw[l] + c
+                : ((int64_t)i * NE + bk.sw[l] - x + kw - 1 + c) * LP + PL + x;
+            pb[off] = L[i * ne + bk.f[l] + c][l];
+            sb[off] = DP[i * ne + bk.f[l] + c][l];
+          }
       }
     }
   };
+  // Pass 1 of query row y: softmax (recomputed), dP, dS, dq, ring.
+  auto pass1 = [&](int y) {
+    clear_slot(y);
+    const int sh = tk.ay.s[y];
+    for (const Block<T, V>& bk : blocks) {
+      block_softmax<T, V>(P, tk, bk, QT.data(), KT.data(), y, L.data(), true, absb.data());
+      block_dots<T, V>(tk, bk, DOT.data(), VT.data(), Dv, y, sh, kh, kw, DP.data());
+      row_tail(bk, y, L.data(), DP.data());
+      block_wsum<T, V>(P, tk, bk, DP.data(), KT.data(), D, y, P.scale, splat<V>(T(1)), P.dq,
+                       P.sdq);
+    }
+  };
+  // Pass 1 of query rows y and y + 1 at once (key, value rows read once for both).
+  auto pass1two = [&](int y) {
+    clear_slot(y);
+    clear_slot(y + 1);
+    const V one_v = splat<V>(T(1));
+    for (const Block<T, V>& bk : blocks) {
+      block_dots2<T, V>(tk, bk, QT.data(), KT.data(), D, y, kh, kw, L.data(), L1.data());
+      softmax_of<T, V>(P, tk, bk, y, L.data(), true, absb.data());
+      softmax_of<T, V>(P, tk, bk, y + 1, L1.data(), true, absb.data());
+      block_dots2<T, V>(tk, bk, DOT.data(), VT.data(), Dv, y, kh, kw, DP.data(), DP1.data());
+      row_tail(bk, y, L.data(), DP.data());
+      row_tail(bk, y + 1, L1.data(), DP1.data());
+      block_wsum2<T, V>(P, tk, bk, DP.data(), DP1.data(), KT.data(), D, y, P.scale, one_v,
+                        one_v, P.dq, P.sdq);
+    }
+  };
 
-  // dk / dv of key row r, gathered from the ring (key-centric), from this chunk's query rows
-  // [ya, yb]. A key row that the previous or next chunk reaches too goes to this chunk's part
-  // for that boundary (summed with the other's after all chunks ran).
-  auto pass2 = [&](int r) {
-    const int Y = tk.rh + P.dh * r;
-    const int ya = std::max(ylo[r], tk.y0), yb = std::min(yhi[r], tk.y1 - 1);
-    int side = -1;  // -1: all of the key row's queries are in this chunk
-    int64_t bnd = 0;
+  // Where key row r's dk (which = 0) / dv (1) go: the output row (pb = nullptr), or, for a
+  // key row that the previous or next chunk reaches too, this chunk's part for that boundary
+  // (summed with the other's after all chunks ran).
+  auto key_dest = [&](int r, int which, T*& ob, T*& pb) {
+    const int C = which == 0 ? D : Dv;
+    const Strides& sd = which == 0 ? P.sdk : P.sdv;
+    ob = (which == 0 ? P.dk : P.dv) + tk.b * sd.s[0] + tk.h * sd.s[1] +
+         (int64_t)(tk.rh + P.dh * r) * sd.s[2];
+    pb = nullptr;
+    int64_t bnd = -1, side = 0;
     int j = 0;
     if (ylo[r] < tk.y0) {  // shared with chunk c - 1: boundary c - 1, side 1
       side = 1;
@@ -754,6 +991,20 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
       bnd = tk.task * (nch - 1) + tk.c;
       j = r - tk.ay.s[tk.y1];
     }
+    if (bnd >= 0)
+      pb = (which == 0 ? P.dk_part : P.dv_part) + (((bnd * 2 + side) * kh + j) * P.GwM) * C;
+  };
+
+  // dk / dv of key rows r .. r + NR - 1 (NR = 1 or 2), gathered from the ring (key-centric)
+  // from this chunk's query rows; with two key rows, each q / dout vector is loaded once for
+  // both. Each sum runs over query rows, then entries, in increasing order.
+  auto pass2 = [&](int r, auto nrc) {
+    constexpr int NR = decltype(nrc)::value;
+    int ya[NR], yb[NR];
+    for (int u = 0; u < NR; ++u) {
+      ya[u] = std::max(ylo[r + u], tk.y0);
+      yb[u] = std::min(yhi[r + u], tk.y1 - 1);
+    }
     for (int kb = 0; kb < nkb; ++kb) {
       const int kc0 = kb * NL, nv = std::min(NL, Gw - kc0);
       for (int which = 0; which < 2; ++which) {
@@ -761,52 +1012,109 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
         const T* X = which == 0 ? QT.data() : DOT.data();
         const int C = which == 0 ? D : Dv;
         const T mult = which == 0 ? P.scale : T(1);
-        T* dst = which == 0 ? P.dk : P.dv;
         const Strides& sd = which == 0 ? P.sdk : P.sdv;
-        T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)Y * sd.s[2];
-        T* pb = side < 0 ? nullptr
-                         : (which == 0 ? P.dk_part : P.dv_part) +
-                               (((bnd * 2 + side) * kh + j) * P.GwM) * C;
+        T *ob[NR], *pb[NR];
+        for (int u = 0; u < NR; ++u) key_dest(r + u, which, ob[u], pb[u]);
         channel_blocks(C, [&](auto DBc, int d0) {
           constexpr int DB = decltype(DBc)::value;
-          V acc[DB];
-          for (int j = 0; j < DB; ++j) acc[j] = V{};
-          for (int y = ya; y <= yb; ++y) {
+          V acc0[DB], acc1[DB];
+          for (int j = 0; j < DB; ++j) acc0[j] = acc1[j] = V{};
+          for (int y = ya[0]; y <= yb[NR - 1]; ++y) {
             const int i = r - tk.ay.s[y];
+            const bool u0 = y <= yb[0], u1 = NR == 2 && y >= ya[NR - 1];
             const T* xbase = X + tk.qrow(y, C) + (int64_t)d0 * LP;
+            const T* slot = buf + (y % ring) * slot_size;
             if (ring_abs) {
-              const T* sbase = buf + (y % ring) * slot_size + (int64_t)i * Gw * LPk + kc0;
-              for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
-                const V s = loadu<V>(sbase + (int64_t)x * LPk);
-                const T* xp = xbase + PL + x;
-                for (int j = 0; j < DB; ++j) acc[j] += s * splat<V>(xp[j * LP]);
+              const int64_t istr = (int64_t)Gw * LPk;
+              const T* s0 = slot + i * istr + kc0;
+              const T* xp0 = xbase + PL;
+              if (u0 && u1) {
+                for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
+                  const V a = loadu<V>(s0 + (int64_t)x * LPk);
+                  const V b = loadu<V>(s0 + istr + (int64_t)x * LPk);
+                  for (int j = 0; j < DB; ++j) {
+                    const V xv = in_reg(splat<V>(xp0[x + j * LP]));
+                    acc0[j] += a * xv;
+                    acc1[j] += b * xv;
+                  }
+                }
+              } else if (u0) {
+                for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
+                  const V a = loadu<V>(s0 + (int64_t)x * LPk);
+                  for (int j = 0; j < DB; ++j) acc0[j] += a * splat<V>(xp0[x + j * LP]);
+                }
+              } else {
+                for (int x = kX0[kb]; x <= kX1[kb]; ++x) {
+                  const V b = loadu<V>(s0 + istr + (int64_t)x * LPk);
+                  for (int j = 0; j < DB; ++j) acc1[j] += b * splat<V>(xp0[x + j * LP]);
+                }
               }
             } else {
-              const T* sbase = buf + (y % ring) * slot_size + (int64_t)i * NE * LP;
-              for (int e = kE0[kb]; e <= kE1[kb]; ++e) {
-                const int64_t col = PL + kc0 - e + kw - 1;
-                const V s = loadu<V>(sbase + (int64_t)e * LP + col);
-                const T* xp = xbase + col;
-                for (int j = 0; j < DB; ++j) acc[j] += s * loadu<V>(xp + j * LP);
+              const int64_t istr = (int64_t)NE * LP;
+              const T* s0 = slot + i * istr;
+              const int64_t c0 = PL + kc0 + kw - 1;
+              if (u0 && u1) {
+                // the entries of either row: those of key block kb (e in [kE0, kE1])
+                for (int e = kE0[kb]; e <= kE1[kb]; ++e) {
+                  const int64_t col = c0 - e;
+                  const V a = loadu<V>(s0 + (int64_t)e * LP + col);
+                  const V b = loadu<V>(s0 + istr + (int64_t)e * LP + col);
+                  const T* xp = xbase + col;
+                  for (int j = 0; j < DB; ++j) {
+                    const V xv = in_reg(loadu<V>(xp + j * LP));
+                    acc0[j] += a * xv;
+                    acc1[j] += b * xv;
+                  }
+                }
+              } else if (u0) {
+                for (int e = kE0[kb]; e <= kE1[kb]; ++e) {
+                  const int64_t col = c0 - e;
+                  const V a = loadu<V>(s0 + (int64_t)e * LP + col);
+                  const T* xp = xbase + col;
+                  for (int j = 0; j < DB; ++j) acc0[j] += a * loadu<V>(xp + j * LP);
+                }
+              } else {
+                for (int e = kE0[kb]; e <= kE1[kb]; ++e) {
+                  const int64_t col = c0 - e;
+                  const V b = loadu<V>(s0 + istr + (int64_t)e * LP + col);
+                  const T* xp = xbase + col;
+                  for (int j = 0; j < DB; ++j) acc1[j] += b * loadu<V>(xp + j * LP);
+                }
               }
             }
           }
-          for (int j = 0; j < DB; ++j) acc[j] *= mult;
-          if (pb)
-            store_lanes<DB, T, V>(acc, nv, pb + (int64_t)kc0 * C, C, 1, d0);
-          else
-            store_lanes<DB, T, V>(acc, nv, ob + (int64_t)(tk.rw + P.dw * kc0) * sd.s[3],
-                                  P.dw * sd.s[3], sd.s[4], d0);
+          for (int u = 0; u < NR; ++u) {
+            V* acc = u == 0 ? acc0 : acc1;
+            for (int j = 0; j < DB; ++j) acc[j] *= mult;
+            if (pb[u])
+              store_lanes<DB, T, V>(acc, nv, pb[u] + (int64_t)kc0 * C, C, 1, d0);
+            else
+              store_lanes<DB, T, V>(acc, nv, ob[u] + (int64_t)(tk.rw + P.dw * kc0) * sd.s[3],
+                                    P.dw * sd.s[3], sd.s[4], d0);
+          }
         });
       }
     }
   };
 
+  // Key rows in pairs; before each, pass 1 of the query rows they need (in pairs too).
   int next = tk.y0;
-  for (int r = tk.ky0; r < tk.ky1; ++r) {
-    const int yb = std::min(yhi[r], tk.y1 - 1);
-    while (next <= yb) pass1(next++);
-    pass2(r);
+  for (int r = tk.ky0; r < tk.ky1;) {
+    const int nr = r + 1 < tk.ky1 ? 2 : 1;
+    const int yb = std::min(yhi[r + nr - 1], tk.y1 - 1);
+    while (next <= yb) {
+      if (next + 1 <= yb) {
+        pass1two(next);
+        next += 2;
+      } else {
+        pass1(next++);
+      }
+    }
+    if (nr == 2)
+      pass2(r, std::integral_constant<int, 2>());
+    else
+      pass2(r, std::integral_constant<int, 1>());
+    r += nr;
   }
   if (P.drpb_part) {
     double* part = P.drpb_part + t * (int64_t)(2 * kh - 1) * NE;
