@@ -67,7 +67,7 @@ def parse_args(argv=None):
                    help="detector framework; auto = mmdet (the README's path) when mmdet and a "
                         "compiled mmcv are installed, else detectron2")
     p.add_argument("--variant", default="mini", help="DiNAT variant (mini, tiny, small, base, large)")
-    p.add_argument("--iters", type=int, default=480, help="detector training iterations (batch 4)")
+    p.add_argument("--iters", type=int, default=400, help="detector training iterations (batch 4)")
     p.add_argument("--seg-iters", type=int, default=120, help="segmenter training iterations (batch 4)")
     p.add_argument("--lr", type=float, default=3e-4,
                    help="AdamW peak learning rate of the detector (3e-4: docs/demo.md, 'learning rate')")
