@@ -186,16 +186,25 @@ def _(q, k, v, rpb, kh, kw, dh, dw, scale, return_attn):
                                 "Tensor? rpb, int kh, int kw, int dh, int dw, float scale, "
                                 "bool rpb_grad) -> (Tensor, Tensor, Tensor, Tensor)")
 def _na2d_cpp_bwd(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale, rpb_grad):
-    dq, dk, dv, drpb = _ext().backward(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale,
-                                       rpb_grad)
+    dq, dk, dv = (_grad_like(t) for t in (q, k, v))
+    drpb = _ext().backward_out(dq, dk, dv, dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale,
+                               rpb_grad)
     return dq, dk, dv, drpb
+
+
+def _grad_like(x: torch.Tensor) -> torch.Tensor:
+    """The gradient buffer of an input: contiguous for a contiguous input (a leaf's .grad then
+    needs no copy into the leaf's layout), else the [B, H, W, heads, D] layout the model
+    reshapes for free. The kernel writes any strides."""
+    if x.is_contiguous():
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return _like_canonical(x, x.shape[-1])
 
 
 @_na2d_cpp_bwd.register_fake
 def _(dout, gattn, q, k, v, rpb, kh, kw, dh, dw, scale, rpb_grad):
     drpb = rpb.new_empty(rpb.shape) if (rpb_grad and rpb is not None) else q.new_empty(0)
-    return (_like_canonical(q, q.shape[-1]), _like_canonical(k, k.shape[-1]),
-            _like_canonical(v, v.shape[-1]), drpb)
+    return _grad_like(q), _grad_like(k), _grad_like(v), drpb
 
 
 def _setup_context(ctx, inputs, output):

@@ -40,6 +40,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -406,7 +407,10 @@ struct Problem {
   // one part per chunk, summed after the chunks ran: [boundary][side][kh rows][GwM][C].
   T *dk_part, *dv_part;
   int GwM;
+  uint64_t call;  // a number of its own per forward / backward call (keys per-thread caches)
 };
+
+std::atomic<uint64_t> g_calls{0};
 
 // A block of NL consecutive queries x0.. of a row (only columns matter; rows are shared).
 // Its logits are "entries" 0..ne-1 per window row:
@@ -619,6 +623,32 @@ std::vector<V> abs_bias_table(const Problem<T>& P, const Task<T>& tk,
   return out;
 }
 
+// A task's column blocks and its RPB table of absolute blocks depend only on its head and its
+// sub-grid width (all tasks of a call share the kernel, the RPB and the map): kept per thread
+// for the last two (head, width) pairs of the current call (a map's residue classes have at
+// most two widths), so that tasks of small sub-grids (large dilations) do not rebuild them.
+template <typename T, typename V>
+struct BlockTables {
+  uint64_t call = 0;
+  int h = -1, Gw = -1;
+  std::vector<Block<T, V>> blocks;
+  std::vector<V> absb;
+};
+
+template <typename T, typename V>
+const BlockTables<T, V>& block_tables(const Problem<T>& P, const Task<T>& tk) {
+  static thread_local BlockTables<T, V> cache[2];
+  for (const auto& c : cache)
+    if (c.call == P.call && c.h == tk.h && c.Gw == tk.Gw) return c;
+  BlockTables<T, V>& c = cache[tk.Gw & 1];
+  c.blocks = tk.template blocks<V>(P.kw);
+  c.absb = abs_bias_table<T, V>(P, tk, c.blocks);
+  c.call = P.call;
+  c.h = tk.h;
+  c.Gw = tk.Gw;
+  return c;
+}
+
 // Logits (scaled, + RPB) of one block into L[i*ne + e], then the masked softmax in place:
 // L = exp(logit - max) (0 outside the windows), normalised when `normalize`; returns 1 / sum.
 // softmax_of: the same from logits already in L (q.k, not yet scaled).
@@ -746,9 +776,12 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
   tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
   tk.gather(P, P.v, P.sv, P.Dv, VT, tk.ky0, tk.ky1);
   const int kh = P.kh, kw = P.kw, KK = kh * kw;
-  std::vector<V> L((size_t)kh * (2 * kw - 1)), L1((size_t)kh * (2 * kw - 1));
-  const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
-  const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
+  static thread_local std::vector<V> L, L1;
+  L.resize((size_t)kh * (2 * kw - 1));
+  L1.resize((size_t)kh * (2 * kw - 1));
+  const BlockTables<T, V>& tables = block_tables<T, V>(P, tk);
+  const std::vector<Block<T, V>>& blocks = tables.blocks;
+  const std::vector<V>& absb = tables.absb;
   const bool attn = P.attn != nullptr;
   auto write_attn = [&](const Block<T, V>& bk, int y, const V* W) {
     const int Y = tk.rh + P.dh * y;
@@ -810,13 +843,21 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   tk.gather(P, P.k, P.sk, D, KT, tk.ky0, tk.ky1);
   tk.gather(P, P.v, P.sv, Dv, VT, tk.ky0, tk.ky1);
   tk.gather(P, P.dout, P.sdo, Dv, DOT, tk.y0, tk.y1);
-  const std::vector<Block<T, V>> blocks = tk.template blocks<V>(kw);
-  const std::vector<V> absb = abs_bias_table<T, V>(P, tk, blocks);
+  const BlockTables<T, V>& tables = block_tables<T, V>(P, tk);
+  const std::vector<Block<T, V>>& blocks = tables.blocks;
+  const std::vector<V>& absb = tables.absb;
 
   // Query rows whose windows hold key row r: [ylo[r], yhi[r]]. Per key column c: the extended
   // indices [eklo, ekhi] and the query columns [xqlo, xqhi] it is reached from.
-  std::vector<int> ylo(Gh, 1 << 30), yhi(Gh, -1);
-  std::vector<int> eklo(Gw, 1 << 30), ekhi(Gw, -1), xqlo(Gw, 1 << 30), xqhi(Gw, -1);
+  // (these tables, like the buffers below, are reused per thread: small sub-grids make many
+  // tasks, and allocations cost there)
+  static thread_local std::vector<int> ylo, yhi, eklo, ekhi, xqlo, xqhi, kE0, kE1, kX0, kX1;
+  ylo.assign(Gh, 1 << 30);
+  yhi.assign(Gh, -1);
+  eklo.assign(Gw, 1 << 30);
+  ekhi.assign(Gw, -1);
+  xqlo.assign(Gw, 1 << 30);
+  xqhi.assign(Gw, -1);
   for (int y = 0; y < Gh; ++y)
     for (int i = 0; i < kh; ++i) {
       const int r = tk.ay.s[y] + i;
@@ -834,7 +875,10 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   // Key blocks: which query entries each reads, relative (extended index) or absolute (query
   // column); the cheaper over the row decides the ring layout of this task.
   const int nkb = (Gw + NL - 1) / NL;
-  std::vector<int> kE0(nkb), kE1(nkb), kX0(nkb), kX1(nkb);
+  kE0.resize(nkb);
+  kE1.resize(nkb);
+  kX0.resize(nkb);
+  kX1.resize(nkb);
   int64_t cost_rel = 0, cost_abs = 0;
   for (int kb = 0; kb < nkb; ++kb) {
     const int kc0 = kb * NL, nv = std::min(NL, Gw - kc0);
@@ -865,12 +909,12 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
     PB.resize((size_t)(ring * slot_size));
     SB.resize((size_t)(ring * slot_size));
   }
-  std::vector<V> L((size_t)kh * NE), DP((size_t)kh * NE), L1((size_t)kh * NE),
-      DP1((size_t)kh * NE);
+  static thread_local std::vector<V> L, DP, L1, DP1, gacc;
+  for (auto* b : {&L, &DP, &L1, &DP1}) b->resize((size_t)kh * NE);
   // dS summed per (RPB row, block, entry) as lane vectors; reduced to the RPB table at the end
   // (each block maps (entry, lane) to a fixed RPB column).
   const int nqb = tk.nqb;
-  std::vector<V> gacc(P.drpb_part ? (size_t)(2 * kh - 1) * nqb * NE : 0, V{});
+  gacc.assign(P.drpb_part ? (size_t)(2 * kh - 1) * nqb * NE : 0, V{});
   const V zero = V{};
 
   auto clear_slot = [&](int y) {
@@ -1239,6 +1283,7 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
   P.sq = strides_of(q);
   P.sk = strides_of(k);
   P.sv = strides_of(v);
+  P.call = ++g_calls;
   return P;
 }
 
