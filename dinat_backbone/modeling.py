@@ -101,9 +101,19 @@ class DropPath(nn.Module):
     def forward(self, x):
         if self.p == 0.0 or not self.training:
             return x
+        return x * self._scale(x)
+
+    def _scale(self, x):
+        """Per sample 0 (dropped) or 1 / keep, shape [B, 1, ...]: the division on B numbers,
+        not on the whole tensor (the same draws as ``bernoulli_(keep)`` on that shape)."""
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+    def add(self, x, y):
+        """``x + self(y)`` in one pass in training (``addcmul``), ``x + y`` otherwise."""
+        if self.p == 0.0 or not self.training:
+            return x + y
+        return torch.addcmul(x, y, self._scale(y))
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -225,11 +235,11 @@ class NALayer(nn.Module):
     def forward(self, x, return_attn: bool = False):
         a, attn = self.attn(self.norm1(x), return_attn)
         if self.layer_scale:
-            x = x + self.drop_path(self.gamma1 * a)
-            x = x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
+            x = self.drop_path.add(x, self.gamma1 * a)
+            x = self.drop_path.add(x, self.gamma2 * self.mlp(self.norm2(x)))
         else:
-            x = x + self.drop_path(a)
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.drop_path.add(x, a)
+            x = self.drop_path.add(x, self.mlp(self.norm2(x)))
         return x, attn
 
 
