@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_CLASSES",
     "SEMANTIC_CLASSES",
     "DEMO_SIZE",
+    "COLOUR_MODES",
+    "CLASS_COLOUR_CHANNELS",
     "render_instance_scene",
     "render_semantic_scene",
     "render_shape_crop",
@@ -206,12 +208,46 @@ def _background(rng, h, w) -> np.ndarray:
     return img
 
 
-def _contrasting_colour(rng, ref: np.ndarray, min_dist: float = 70.0) -> np.ndarray:
+COLOUR_MODES = ("random", "class")
+# colours="class": the RGB channels that dominate each shape's colour family (red circles, green
+# squares, blue triangles, yellow stars, magenta hexagons); the other channels stay low.
+CLASS_COLOUR_CHANNELS = {"circle": (0,), "square": (1,), "triangle": (2,), "star": (0, 1),
+                         "hexagon": (0, 2)}
+
+
+def _check_colours(colours) -> str:
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"colours must be one of {COLOUR_MODES} ('random': any colour for any "
+                         f"shape; 'class': one colour family per shape class), got {colours!r}")
+    return colours
+
+
+def _family_colour(rng, shape: str) -> np.ndarray:
+    """A random colour of ``shape``'s family: dominant channels U(150, 255), the others U(0, 110)."""
+    c = rng.uniform(0, 110, 3)
+    ch = list(CLASS_COLOUR_CHANNELS[shape])
+    c[ch] = rng.uniform(150, 255, len(ch))
+    return c
+
+
+def _contrasting_colour(rng, ref: np.ndarray, min_dist: float = 70.0, shape=None) -> np.ndarray:
+    """A colour at least ``min_dist`` from ``ref`` (50 tries): any colour, or with ``shape`` one of
+    that shape's family (then, if no try is far enough, the farthest try, still of the family)."""
+    if shape is None:
+        for _ in range(50):
+            c = rng.uniform(0, 255, 3)
+            if np.linalg.norm(c - ref) >= min_dist:
+                return c
+        return 255.0 - ref
+    best, best_d = None, -1.0
     for _ in range(50):
-        c = rng.uniform(0, 255, 3)
-        if np.linalg.norm(c - ref) >= min_dist:
+        c = _family_colour(rng, shape)
+        d = float(np.linalg.norm(c - ref))
+        if d >= min_dist:
             return c
-    return 255.0 - ref
+        if d > best_d:
+            best, best_d = c, d
+    return best
 
 
 def _paint(img, mask, colour, rng):
@@ -238,6 +274,7 @@ def render_instance_scene(
     min_visible: float = 0.5,
     allow_overlap: bool = True,
     max_rotation: Union[float, None] = None,
+    colours: str = "random",
 ) -> Tuple[np.ndarray, List[dict]]:
     """One synthetic instance scene.
 
@@ -247,11 +284,14 @@ def render_instance_scene(
     shape keeps at least ``min_visible`` of its area visible; with ``allow_overlap=False`` shapes
     do not touch (then each mask is exactly its drawn polygon). ``max_rotation``: None draws each
     shape at any angle; a number of degrees keeps it within that of upright (squares with
-    level sides, triangles with a vertex on top).
+    level sides, triangles with a vertex on top). ``colours``: ``"random"`` paints each shape any
+    colour that contrasts with the background; ``"class"`` one of its class's colour family
+    (``CLASS_COLOUR_CHANNELS``), so that colour as well as outline tells the classes apart.
     """
     h, w = _check_size(size)
     classes = _check_classes(classes)
     max_rotation = _check_rotation(max_rotation)
+    colours = _check_colours(colours)
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     img = _background(rng, h, w)
@@ -284,8 +324,9 @@ def render_instance_scene(
                 break
     visible = _visible(full)
     ref = img.reshape(-1, 3).mean(0)
-    for v in visible:
-        _paint(img, v, _contrasting_colour(rng, ref), rng)
+    for v, c in zip(visible, labels):
+        shape = classes[c] if colours == "class" else None
+        _paint(img, v, _contrasting_colour(rng, ref, shape=shape), rng)
     img = _finish(img, rng)
     return img, [dict(category=c, mask=v, polygon=p) for c, v, p in zip(labels, visible, polys)]
 
@@ -315,15 +356,17 @@ def render_semantic_scene(
     max_objects: int = 5,
     max_clutter: int = 2,
     max_rotation: Union[float, None] = None,
+    colours: str = "random",
 ) -> Tuple[np.ndarray, np.ndarray]:
     """One synthetic semantic scene: ``(image uint8 (H, W, 3), label uint8 (H, W))``.
 
     Labels as in ADE20K's PNGs: 0 = unlabelled (clutter), 1 = sky, 2 = ground, 3.. = the shapes of
-    ``DEFAULT_CLASSES`` in order (see ``SEMANTIC_CLASSES``). ``max_rotation`` as in
-    :func:`render_instance_scene`.
+    ``DEFAULT_CLASSES`` in order (see ``SEMANTIC_CLASSES``). ``max_rotation`` and ``colours`` as
+    in :func:`render_instance_scene` (clutter blobs are always any colour).
     """
     h, w = _check_size(size)
     max_rotation = _check_rotation(max_rotation)
+    colours = _check_colours(colours)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # sky over ground, split by a wavy horizon
     y0 = h * rng.uniform(0.3, 0.65)
@@ -355,7 +398,9 @@ def render_semantic_scene(
             pts = _blob_vertices(rng, cx, cy, r)
             value = 0
         m = _poly_mask(pts, h, w)
-        _paint(img, m, _contrasting_colour(rng, img[m].mean(0) if m.any() else img.mean((0, 1))), rng)
+        shape = DEFAULT_CLASSES[cls] if kind == "shape" and colours == "class" else None
+        _paint(img, m, _contrasting_colour(rng, img[m].mean(0) if m.any() else img.mean((0, 1)),
+                                           shape=shape), rng)
         label[m] = value
     return _finish(img, rng), label
 
@@ -459,14 +504,15 @@ def make_coco_instances(
     mask_format: str = "rle",
     overwrite: bool = False,
     max_rotation: Union[float, None] = None,
+    colours: str = "random",
 ) -> Dict[str, object]:
     """Write a COCO-format instance dataset of synthetic shape scenes under ``root``.
 
     ``mask_format``: ``"rle"`` (compressed RLE of the visible mask; shapes may occlude each other)
     or ``"polygon"`` (one polygon per shape; shapes then never overlap, so the polygon is the
-    visible region). Category ids are 1..K in the order of ``classes``. ``max_rotation``: see
-    :func:`render_instance_scene`. Reruns with the same arguments reuse the files on disk unless
-    ``overwrite``.
+    visible region). Category ids are 1..K in the order of ``classes``. ``max_rotation`` and
+    ``colours``: see :func:`render_instance_scene`. Reruns with the same arguments reuse the files
+    on disk unless ``overwrite``.
 
     Returns a dict: ``root``, ``classes``, and per split (``"train"``, ``"val"``) a dict with
     ``img_dir``, ``ann_file``, ``num_images``, ``num_instances``.
@@ -477,12 +523,15 @@ def make_coco_instances(
     if mask_format not in ("rle", "polygon"):
         raise ValueError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
     max_rotation = _check_rotation(max_rotation)
+    colours = _check_colours(colours)
     root = os.path.abspath(os.fspath(root))
     params = dict(kind="coco_instances", version=_FORMAT_VERSION, n_train=n_train, n_val=n_val,
                   size=[h, w], seed=int(seed), classes=list(classes), max_objects=int(max_objects),
                   mask_format=mask_format)
     if max_rotation is not None:  # absent = any angle, as in manifests written before it existed
         params["max_rotation"] = max_rotation
+    if colours != "random":  # absent = random colours, as before the option existed
+        params["colours"] = colours
     out: Dict[str, object] = {"root": root, "classes": classes}
     for split, n in (("train", n_train), ("val", n_val)):
         out[split] = {"img_dir": os.path.join(root, split),
@@ -502,7 +551,7 @@ def make_coco_instances(
         for i in range(n):
             img, inst = render_instance_scene(
                 _rng(seed, split, i), (h, w), classes, max_objects,
-                allow_overlap=(mask_format == "rle"), max_rotation=max_rotation)
+                allow_overlap=(mask_format == "rle"), max_rotation=max_rotation, colours=colours)
             fname = f"{i:06d}.jpg"
             Image.fromarray(img).save(os.path.join(img_dir, fname), quality=92)
             images.append({"id": i + 1, "file_name": fname, "height": h, "width": w})
@@ -537,9 +586,10 @@ def make_ade_semantic(
     seed: int = 0,
     overwrite: bool = False,
     max_rotation: Union[float, None] = None,
+    colours: str = "random",
 ) -> Dict[str, object]:
     """Write an ADE20K-layout semantic dataset under ``root`` (see the module docstring);
-    ``max_rotation`` as in :func:`render_instance_scene`.
+    ``max_rotation`` and ``colours`` as in :func:`render_instance_scene`.
 
     Returns a dict: ``root``, ``classes`` (``SEMANTIC_CLASSES``, the names of label values 1..K,
     i.e. of train ids 0..K-1 after ``reduce_zero_label``), and per split (``"training"``,
@@ -548,11 +598,14 @@ def make_ade_semantic(
     n_train, n_val = _check_count(n_train, "n_train"), _check_count(n_val, "n_val")
     h, w = _check_size(size)
     max_rotation = _check_rotation(max_rotation)
+    colours = _check_colours(colours)
     root = os.path.abspath(os.fspath(root))
     params = dict(kind="ade_semantic", version=_FORMAT_VERSION, n_train=n_train, n_val=n_val,
                   size=[h, w], seed=int(seed), classes=list(SEMANTIC_CLASSES))
     if max_rotation is not None:
         params["max_rotation"] = max_rotation
+    if colours != "random":
+        params["colours"] = colours
     out: Dict[str, object] = {"root": root, "classes": SEMANTIC_CLASSES}
     for split, n in (("training", n_train), ("validation", n_val)):
         out[split] = {"img_dir": os.path.join(root, "images", split),
@@ -564,7 +617,8 @@ def make_ade_semantic(
         os.makedirs(out[split]["ann_dir"], exist_ok=True)
         stem = "ADE_train" if split == "training" else "ADE_val"
         for i in range(n):
-            img, label = render_semantic_scene(_rng(seed, split, i), (h, w), max_rotation=max_rotation)
+            img, label = render_semantic_scene(_rng(seed, split, i), (h, w), max_rotation=max_rotation,
+                                               colours=colours)
             name = f"{stem}_{i:08d}"
             Image.fromarray(img).save(os.path.join(out[split]["img_dir"], name + ".jpg"), quality=92)
             Image.fromarray(label, mode="L").save(os.path.join(out[split]["ann_dir"], name + ".png"))

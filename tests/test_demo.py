@@ -13,7 +13,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(ROOT, "configs", "demo")
@@ -459,3 +461,43 @@ def test_demo_tta_detectron2_end_to_end_tiny(tmp_path):
     assert rows["metric"] == ["single scale", "TTA"]
     for name in ("bbox AP", "bbox AP50", "mask AP"):  # mask AP too: detectron2 merges masks
         assert rows[name] == [f"{det['AP'][name]:.1f}", f"{tta['AP'][name]:.1f}"], name
+
+
+def test_inverse_frequency_weights_by_hand():
+    demo = _demo_module()
+    # 100 pixels, 3 classes: weight = 100 / (3 x count), so weight x share = 1/3 for each class
+    assert demo.inverse_frequency_weights([50, 30, 20]) == [0.667, 1.111, 1.667]
+    with pytest.raises(ValueError, match="every class needs training pixels"):
+        demo.inverse_frequency_weights([10, 0, 5])
+
+
+@needs_mm
+@pytest.mark.slow
+def test_demo_class_colours_and_weighted_segmenter_tiny(tmp_path):
+    """--colours class --seg-class-weights inverse (tiny, segmentation only): the data manifest
+    records the colours, and the segmenter that was trained used the inverse pixel frequencies of
+    the training labels, counted here from the PNGs, on both of its heads with reduction 'none'."""
+    from mmengine.config import Config
+
+    r = subprocess.run([sys.executable, DEMO, *_tiny_args(tmp_path), "--skip-det", "--colours", "class",
+                        "--seg-class-weights", "inverse", "--seg-cfg-options",
+                        "model.decode_head.channels=24"],
+                       capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    with open(tmp_path / "data" / "ade" / "demo_data.json") as f:
+        assert json.load(f)["colours"] == "class"
+    with open(tmp_path / "data" / "coco" / "demo_data.json") as f:
+        assert json.load(f)["colours"] == "class"
+    ann = tmp_path / "data" / "ade" / "annotations" / "training"
+    counts = np.zeros(5, dtype=np.int64)
+    for name in os.listdir(ann):
+        lab = np.asarray(Image.open(ann / name), dtype=np.int64)
+        counts += np.bincount(lab.ravel(), minlength=6)[1:6]  # 0 = unlabelled
+    want = [round(counts.sum() / (5 * c), 3) for c in counts]
+    cfg = Config.fromfile(str(tmp_path / "out" / "segmenter" / "upernet_dinat-mini_demo.py"))
+    for head in ("decode_head", "auxiliary_head"):
+        assert list(cfg.model[head].loss_decode.class_weight) == pytest.approx(want, abs=1e-3)
+        assert cfg.model[head].loss_decode.reduction == "none"
+    s = strict_load(tmp_path / "out" / "summary.json")
+    assert s["colours"] == "class" and s["seg_class_weights"] == "inverse"
+    assert "segmenter class weights (inverse pixel frequency)" in r.stdout

@@ -252,3 +252,74 @@ def test_max_rotation_in_the_manifest_and_checked(tmp_path):
     for bad in (-1, 181, "15", True):
         with pytest.raises(ValueError, match="max_rotation"):
             demo_data.make_coco_instances(str(tmp_path / "d"), 1, 1, max_rotation=bad)
+
+
+def _dominant_ok(mean_rgb, shape):
+    """The shape's family channels are all brighter than every other channel."""
+    fam = list(demo_data.CLASS_COLOUR_CHANNELS[shape])
+    rest = [c for c in range(3) if c not in fam]
+    return min(mean_rgb[fam]) > max(mean_rgb[rest])
+
+
+@pytest.mark.parametrize("classes", [demo_data.DEFAULT_CLASSES, ("star", "hexagon", "square")])
+def test_class_colours_paint_each_shape_in_its_family(classes):
+    """colours='class': the mean colour of every visible shape, read from the rendered pixels, has
+    its class's family channels on top; with the default 'random' colours the dominant channel of a
+    class varies (the option, not the shapes, makes the families)."""
+    dominant = {c: set() for c in classes}
+    n = 0
+    for i in range(40):
+        img, inst = demo_data.render_instance_scene(np.random.default_rng(i), 96, classes,
+                                                    colours="class")
+        img = img.astype(np.float64)
+        for obj in inst:
+            if obj["mask"].sum() < 30:
+                continue
+            mean = img[obj["mask"]].mean(0)
+            assert _dominant_ok(mean, classes[obj["category"]]), (i, classes[obj["category"]], mean)
+            n += 1
+        img_r, inst_r = demo_data.render_instance_scene(np.random.default_rng(i), 96, classes)
+        for obj in inst_r:
+            if obj["mask"].sum() >= 30:
+                dominant[classes[obj["category"]]].add(int(img_r[obj["mask"]].mean(0).argmax()))
+    assert n > 60
+    assert all(len(d) >= 2 for d in dominant.values()), dominant
+
+
+def test_class_colours_in_semantic_scenes():
+    """Each shape class's labelled pixels in a semantic scene carry its family's colour."""
+    for i in range(30):
+        img, label = demo_data.render_semantic_scene(np.random.default_rng(i), 96, colours="class")
+        img = img.astype(np.float64)
+        for k, shape in enumerate(demo_data.DEFAULT_CLASSES):
+            m = label == 3 + k
+            if m.sum() >= 30:
+                assert _dominant_ok(img[m].mean(0), shape), (i, shape, img[m].mean(0))
+
+
+def test_colours_in_the_manifest_and_checked(tmp_path):
+    a = demo_data.make_coco_instances(str(tmp_path / "a"), n_train=2, n_val=1, size=64, seed=0)
+    b = demo_data.make_coco_instances(str(tmp_path / "b"), n_train=2, n_val=1, size=64, seed=0,
+                                      colours="class")
+    with open(os.path.join(a["root"], "demo_data.json")) as f:
+        assert "colours" not in json.load(f)  # random: manifests as before the option existed
+    with open(os.path.join(b["root"], "demo_data.json")) as f:
+        assert json.load(f)["colours"] == "class"
+    # the same annotations (colour draws come after the geometry of a scene), other pixels
+    with open(a["train"]["ann_file"]) as f, open(b["train"]["ann_file"]) as g:
+        ann_a, ann_b = json.load(f)["annotations"], json.load(g)["annotations"]
+    assert [x["bbox"] for x in ann_a] == [x["bbox"] for x in ann_b]
+    img = lambda info: np.asarray(Image.open(os.path.join(info["train"]["img_dir"], "000000.jpg")))  # noqa: E731
+    assert not np.array_equal(img(a), img(b))
+    # asking for the other mode regenerates in place
+    demo_data.make_coco_instances(str(tmp_path / "a"), n_train=2, n_val=1, size=64, seed=0,
+                                  colours="class")
+    assert np.array_equal(img(a), img(b))
+    s = demo_data.make_ade_semantic(str(tmp_path / "s"), n_train=2, n_val=1, size=64, colours="class")
+    with open(os.path.join(s["root"], "demo_data.json")) as f:
+        assert json.load(f)["colours"] == "class"
+    for bad in ("Class", "per-class", None):
+        with pytest.raises(ValueError, match="colours must be one of"):
+            demo_data.make_coco_instances(str(tmp_path / "d"), 1, 1, colours=bad)
+        with pytest.raises(ValueError, match="colours must be one of"):
+            demo_data.make_ade_semantic(str(tmp_path / "e"), 1, 1, colours=bad)

@@ -1164,3 +1164,44 @@ def test_train_net_eval_only_with_tta(trained):
         assert log.count(f"copypaste: Task: {task}\n") == 2, task
     assert os.path.isfile(os.path.join(tmp, "eval_tta", "inference_TTA",
                                        "instances_predictions.pth"))
+
+
+@needs_d2
+def test_demo_dataset_colours_from_the_config(tmp_path):
+    """DATASETS.DINAT_DEMO.COLOURS reaches the generated data (tools/demo.py --colours sets it):
+    the manifest records it and each shape's pixels carry its class's colour family."""
+    import json
+
+    import numpy as np
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from dinat_backbone import demo_data
+    from dinat_backbone.detectron2.demo import add_demo_config, register_demo_datasets
+
+    cfg = get_cfg()
+    add_demo_config(cfg)
+    assert cfg.DATASETS.DINAT_DEMO.COLOURS == "random"
+    cfg.merge_from_list(["DATASETS.DINAT_DEMO.COLOURS", "class"])
+    names = register_demo_datasets(cfg, root=str(tmp_path / "coco"), prefix="dinat_colour_test",
+                                   num_train=3, num_val=1, image_size=96)
+    with open(tmp_path / "coco" / "demo_data.json") as f:
+        assert json.load(f)["colours"] == "class"
+    n = 0
+    for rec in DatasetCatalog.get(names["train"]):
+        img = np.asarray(Image.open(rec["file_name"]).convert("RGB"), dtype=np.float64)
+        for ann in rec["annotations"]:
+            from pycocotools import mask as mask_util
+
+            m = mask_util.decode(ann["segmentation"]).astype(bool)
+            if m.sum() < 30:
+                continue
+            shape = demo_data.DEFAULT_CLASSES[ann["category_id"]]
+            fam = list(demo_data.CLASS_COLOUR_CHANNELS[shape])
+            mean = img[m].mean(0)
+            assert min(mean[fam]) > max(mean[[c for c in range(3) if c not in fam]]), (shape, mean)
+            n += 1
+    assert n >= 3
+    for split in names.values():
+        DatasetCatalog.remove(split)

@@ -92,6 +92,15 @@ def parse_args(argv=None):
     p.add_argument("--max-rotation", type=_rotation, default=None, metavar="DEG",
                    help="draw the demo shapes within DEG degrees of upright (squares with level "
                         "sides, triangles with a vertex on top); 'any' for any angle (default any)")
+    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default="random",
+                   help="colours of the demo shapes: random (any colour for any shape: only the "
+                        "outline tells the classes apart, the default) or class (one colour family "
+                        "per class: red circles, green squares, blue triangles; "
+                        "docs/demo.md, 'colour families')")
+    p.add_argument("--seg-class-weights", choices=("none", "inverse"), default="none",
+                   help="weights of the segmenter's cross-entropy per class: none, or inverse "
+                        "(1 / (classes x the class's share of the training pixels), counted from "
+                        "the label PNGs: every class weighs the same in the loss)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run the whole job N times with training seeds --seed .. --seed + N - 1 "
                         "and print the mean and min-max of every metric")
@@ -465,6 +474,18 @@ class _Recorder:
 
 
 # ---------------------------------------------------------------------------- segmentation
+def inverse_frequency_weights(pixels_per_class) -> list:
+    """Per-class loss weights ``1 / (K * share)`` (rounded to 3 decimals) for pixel counts of K
+    classes: weight x share is 1 / K for every class, so no class's pixels dominate the loss."""
+    counts = [int(c) for c in pixels_per_class]
+    if not counts or min(counts) <= 0:
+        raise ValueError(f"every class needs training pixels to weight it, got counts {counts}; "
+                         "regenerate the demo data (more --n-train images) or use "
+                         "--seg-class-weights none")
+    total, k = sum(counts), len(counts)
+    return [round(total / (k * c), 3) for c in counts]
+
+
 def run_mmseg(args, ade, out_dir):
     _require_mm("mmseg")
     _safe_mm_loading()
@@ -483,6 +504,16 @@ def run_mmseg(args, ade, out_dir):
     cfg.param_scheduler = _schedule(args.seg_iters, args.seg_lr, "poly")
     work = osp.join(out_dir, "segmenter")
     _common_overrides(cfg, args, args.seg_iters, args.seg_lr, work, "seg")
+    if args.seg_class_weights == "inverse":
+        weights = inverse_frequency_weights(
+            demo_data.semantic_majority_baseline(ade["training"]["ann_dir"])["pixels_per_class"])
+        print(f"segmenter class weights (inverse pixel frequency): "
+              f"{dict(zip(ade['classes'], weights))}", flush=True)
+        for head in ("decode_head", "auxiliary_head"):
+            # reduction='none' (mmengine then averages the per-pixel losses): mmseg 1.2's
+            # cross-entropy with class_weight and reduction='mean' fails on the ignore label
+            cfg.model[head].loss_decode.class_weight = weights
+            cfg.model[head].loss_decode.reduction = "none"
     cfg.merge_from_dict(args.seg_cfg_options)
     runner = Runner.from_cfg(cfg)
     rec = _Recorder()
@@ -729,6 +760,7 @@ def d2_opts(args, coco, work, warm_backbone=None):
             "DATASETS.DINAT_DEMO.NUM_VAL", str(args.n_val), "DATASETS.DINAT_DEMO.IMAGE_SIZE", str(args.size),
             "DATASETS.DINAT_DEMO.SEED", str(args.data_seed),
             "DATASETS.DINAT_DEMO.MAX_ROTATION", str(-1.0 if args.max_rotation is None else args.max_rotation),
+            "DATASETS.DINAT_DEMO.COLOURS", args.colours,
             "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
             "INPUT.MAX_SIZE_TRAIN", str(args.size), "INPUT.MIN_SIZE_TEST", str(args.size),
             "INPUT.MAX_SIZE_TEST", str(args.size), "MODEL.DINAT.VARIANT", args.variant,
@@ -978,16 +1010,17 @@ def main(argv=None):
     t0 = time.time()
     coco = demo_data.make_coco_instances(osp.join(args.data, "coco"), args.n_train, args.n_val,
                                          size=args.size, seed=args.data_seed,
-                                         max_rotation=args.max_rotation)
+                                         max_rotation=args.max_rotation, colours=args.colours)
     ade = demo_data.make_ade_semantic(osp.join(args.data, "ade"), args.n_train, args.n_val,
                                       size=args.size, seed=args.data_seed,
-                                      max_rotation=args.max_rotation)
+                                      max_rotation=args.max_rotation, colours=args.colours)
     print(f"demo data ready in {time.time() - t0:.1f} s: {coco['root']} "
           f"({coco['train']['num_instances']} train / {coco['val']['num_instances']} val instances), "
           f"{ade['root']}", flush=True)
     summary = dict(framework=framework, variant=args.variant, device=args.device,
                    threads=torch.get_num_threads(), size=args.size, seed=args.seed,
-                   data_seed=args.data_seed, max_rotation=args.max_rotation,
+                   data_seed=args.data_seed, max_rotation=args.max_rotation, colours=args.colours,
+                   seg_class_weights=args.seg_class_weights,
                    data=osp.abspath(args.data),
                    command=[osp.relpath(osp.abspath(__file__), ROOT), *argv])
     seg = det = None

@@ -30,20 +30,23 @@ def main(argv=None):
     p.add_argument("--classes", nargs="+", default=list(demo_data.DEFAULT_CLASSES),
                    help=f"shape classes of the instance dataset, from {demo_data.SHAPES}")
     p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle")
+    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default="random",
+                   help="random: any colour for any shape; class: one colour family per class")
     p.add_argument("--overwrite", action="store_true", help="regenerate even if present")
     a = p.parse_args(argv)
     t0 = time.time()
     if a.what in ("both", "coco"):
         info = demo_data.make_coco_instances(
             os.path.join(a.out, "coco"), a.n_train, a.n_val, size=a.size, seed=a.seed,
-            classes=a.classes, mask_format=a.mask_format, overwrite=a.overwrite)
+            classes=a.classes, mask_format=a.mask_format, overwrite=a.overwrite, colours=a.colours)
         print(f"COCO-format instances: {info['root']}  classes {list(info['classes'])}")
         for s in ("train", "val"):
             print(f"  {s}: {info[s]['num_images']} images, {info[s]['num_instances']} instances, "
                   f"{info[s]['ann_file']}")
     if a.what in ("both", "ade"):
         info = demo_data.make_ade_semantic(os.path.join(a.out, "ade"), a.n_train, a.n_val,
-                                           size=a.size, seed=a.seed, overwrite=a.overwrite)
+                                           size=a.size, seed=a.seed, overwrite=a.overwrite,
+                                           colours=a.colours)
         print(f"ADE20K-layout semantic: {info['root']}  classes {list(info['classes'])} "
               "(label PNG value = index + 1, 0 = unlabelled)")
         for s in ("training", "validation"):

@@ -34,6 +34,8 @@ DEMO_DEFAULTS = {
     "MASK_FORMAT": "rle",
     # shapes within this many degrees of upright; negative: any angle (demo_data's None)
     "MAX_ROTATION": -1.0,
+    # "random" (any colour for any shape) or "class" (one colour family per shape class)
+    "COLOURS": "random",
 }
 
 
@@ -48,7 +50,8 @@ def register_demo_datasets(cfg: Optional[CfgNode] = None, *, root: Optional[str]
                            num_val: Optional[int] = None, image_size: Optional[int] = None,
                            seed: Optional[int] = None, max_objects: Optional[int] = None,
                            mask_format: Optional[str] = None,
-                           max_rotation: Optional[float] = None) -> Dict[str, str]:
+                           max_rotation: Optional[float] = None,
+                           colours: Optional[str] = None) -> Dict[str, str]:
     """Generate (if absent) the synthetic COCO-format demo data and register
     ``<prefix>_train`` / ``<prefix>_val`` in detectron2's DatasetCatalog (COCO evaluator).
 
@@ -59,7 +62,7 @@ def register_demo_datasets(cfg: Optional[CfgNode] = None, *, root: Optional[str]
     node = cfg.DATASETS.get("DINAT_DEMO") if cfg is not None else None
     given = dict(ROOT=root, NUM_TRAIN=num_train, NUM_VAL=num_val, IMAGE_SIZE=image_size,
                  SEED=seed, MAX_OBJECTS=max_objects, MASK_FORMAT=mask_format,
-                 MAX_ROTATION=max_rotation)
+                 MAX_ROTATION=max_rotation, COLOURS=colours)
     v = {k: given[k] if given[k] is not None else (node or {}).get(k, DEMO_DEFAULTS[k])
          for k in DEMO_DEFAULTS}
     root = v["ROOT"] or DEMO_DEFAULTS["ROOT"]
@@ -67,7 +70,7 @@ def register_demo_datasets(cfg: Optional[CfgNode] = None, *, root: Optional[str]
     info = demo_data.make_coco_instances(
         root, n_train=int(v["NUM_TRAIN"]), n_val=int(v["NUM_VAL"]), size=int(v["IMAGE_SIZE"]),
         seed=int(v["SEED"]), max_objects=int(v["MAX_OBJECTS"]), mask_format=str(v["MASK_FORMAT"]),
-        max_rotation=None if rotation < 0 else rotation)
+        max_rotation=None if rotation < 0 else rotation, colours=str(v["COLOURS"]))
     names = {}
     for split in ("train", "val"):
         name = f"{prefix}_{split}"
