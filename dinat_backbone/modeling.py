@@ -131,6 +131,9 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
     def forward(self, x):
+        # channels-last convolutions: faster here than NCHW (oneDNN), and the output permuted to
+        # [B, H, W, C] is contiguous, so the norm needs no copy of it
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
