@@ -42,6 +42,7 @@ __all__ = [
     "SEMANTIC_CLASSES",
     "DEMO_SIZE",
     "COLOUR_MODES",
+    "DEMO_COLOURS",
     "CLASS_COLOUR_CHANNELS",
     "render_instance_scene",
     "render_semantic_scene",
@@ -209,6 +210,12 @@ def _background(rng, h, w) -> np.ndarray:
 
 
 COLOUR_MODES = ("random", "class")
+# The colours of the main job's data (tools/demo.py, tools/make_demo_data.py and detectron2's
+# DATASETS.DINAT_DEMO): one colour family per class. With random colours the outline is the only
+# cue between the classes and the short CPU schedules leave squares and triangles confused
+# (docs/demo.md, "colour families"). The make_* / render_* functions below keep "random" as their
+# own default, so data written before the option existed is reproduced byte for byte.
+DEMO_COLOURS = "class"
 # colours="class": the RGB channels that dominate each shape's colour family (red circles, green
 # squares, blue triangles, yellow stars, magenta hexagons); the other channels stay low.
 CLASS_COLOUR_CHANNELS = {"circle": (0,), "square": (1,), "triangle": (2,), "star": (0, 1),

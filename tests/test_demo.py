@@ -467,8 +467,12 @@ def test_inverse_frequency_weights_by_hand():
     demo = _demo_module()
     # 100 pixels, 3 classes: weight = 100 / (3 x count), so weight x share = 1/3 for each class
     assert demo.inverse_frequency_weights([50, 30, 20]) == [0.667, 1.111, 1.667]
-    with pytest.raises(ValueError, match="every class needs training pixels"):
-        demo.inverse_frequency_weights([10, 0, 5])
+    # a class without pixels (tiny data) gets 1.0, which no pixel's loss uses; the other two
+    # share the loss equally: 15 / (2 x 10), 15 / (2 x 5)
+    assert demo.inverse_frequency_weights([10, 0, 5]) == [0.75, 1.0, 1.5]
+    for bad in ([], [0, 0, 0], [10, -1, 5]):
+        with pytest.raises(ValueError, match="at least one class"):
+            demo.inverse_frequency_weights(bad)
 
 
 @needs_mm

@@ -1169,7 +1169,8 @@ def test_train_net_eval_only_with_tta(trained):
 @needs_d2
 def test_demo_dataset_colours_from_the_config(tmp_path):
     """DATASETS.DINAT_DEMO.COLOURS reaches the generated data (tools/demo.py --colours sets it):
-    the manifest records it and each shape's pixels carry its class's colour family."""
+    the default is the main job's colour families, the manifest records them and each shape's
+    pixels carry its class's colour family; COLOURS 'random' writes the old random-colour data."""
     import json
 
     import numpy as np
@@ -1182,8 +1183,13 @@ def test_demo_dataset_colours_from_the_config(tmp_path):
 
     cfg = get_cfg()
     add_demo_config(cfg)
-    assert cfg.DATASETS.DINAT_DEMO.COLOURS == "random"
-    cfg.merge_from_list(["DATASETS.DINAT_DEMO.COLOURS", "class"])
+    assert cfg.DATASETS.DINAT_DEMO.COLOURS == demo_data.DEMO_COLOURS == "class"
+    cfg_random = cfg.clone()
+    cfg_random.merge_from_list(["DATASETS.DINAT_DEMO.COLOURS", "random"])
+    register_demo_datasets(cfg_random, root=str(tmp_path / "coco_random"),
+                           prefix="dinat_colour_test_random", num_train=1, num_val=1, image_size=96)
+    with open(tmp_path / "coco_random" / "demo_data.json") as f:
+        assert "colours" not in json.load(f)  # random: the manifest as before the option existed
     names = register_demo_datasets(cfg, root=str(tmp_path / "coco"), prefix="dinat_colour_test",
                                    num_train=3, num_val=1, image_size=96)
     with open(tmp_path / "coco" / "demo_data.json") as f:

@@ -159,3 +159,24 @@ def test_mm_configs_match_the_demo_size_and_the_d2_head(name):
     assert head.pixel_decoder.encoder.num_layers == d2["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
     assert points == mf["TRAIN_NUM_POINTS"]
     assert d2["DINAT"]["DILATIONS"] == cfg.image_size
+
+
+def test_data_folders_never_rewrite_the_main_demos_data():
+    """tools/demo_mask2former.py shares tools/demo.py's data folders only at the main demo's size
+    and colours; another size or colour mode gets folders of its own (each generator rewrites a
+    folder whose manifest differs, so sharing would regenerate the data back and forth)."""
+    import importlib.util
+
+    from dinat_backbone import demo_data
+
+    spec = importlib.util.spec_from_file_location("dinat_m2f_demo_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    main = demo_data.DEMO_SIZE
+    assert tool.data_dirs("d", main, demo_data.DEMO_COLOURS) == dict(
+        ade=os.path.join("d", "ade"), coco=os.path.join("d", "coco_polygon"))
+    assert tool.data_dirs("d", main, "random") == dict(
+        ade=os.path.join("d", "ade_random"), coco=os.path.join("d", "coco_polygon_random"))
+    assert tool.data_dirs("d", 128, "random") == dict(
+        ade=os.path.join("d", "ade_128"), coco=os.path.join("d", "coco_polygon_128"))
+    assert tool.parse_args([]).colours == "random"  # the data of docs/mask2former_demo.md

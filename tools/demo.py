@@ -92,15 +92,15 @@ def parse_args(argv=None):
     p.add_argument("--max-rotation", type=_rotation, default=None, metavar="DEG",
                    help="draw the demo shapes within DEG degrees of upright (squares with level "
                         "sides, triangles with a vertex on top); 'any' for any angle (default any)")
-    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default="random",
-                   help="colours of the demo shapes: random (any colour for any shape: only the "
-                        "outline tells the classes apart, the default) or class (one colour family "
-                        "per class: red circles, green squares, blue triangles; "
-                        "docs/demo.md, 'colour families')")
-    p.add_argument("--seg-class-weights", choices=("none", "inverse"), default="none",
-                   help="weights of the segmenter's cross-entropy per class: none, or inverse "
-                        "(1 / (classes x the class's share of the training pixels), counted from "
-                        "the label PNGs: every class weighs the same in the loss)")
+    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default=demo_data.DEMO_COLOURS,
+                   help="colours of the demo shapes: class (one colour family per class: red "
+                        "circles, green squares, blue triangles; the default) or random (any colour "
+                        "for any shape: only the outline tells the classes apart; docs/demo.md, "
+                        "'colour families')")
+    p.add_argument("--seg-class-weights", choices=("none", "inverse"), default="inverse",
+                   help="weights of the segmenter's cross-entropy per class: inverse (the default: "
+                        "1 / (classes x the class's share of the training pixels), counted from "
+                        "the label PNGs: every class weighs the same in the loss) or none")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run the whole job N times with training seeds --seed .. --seed + N - 1 "
                         "and print the mean and min-max of every metric")
@@ -475,15 +475,18 @@ class _Recorder:
 
 # ---------------------------------------------------------------------------- segmentation
 def inverse_frequency_weights(pixels_per_class) -> list:
-    """Per-class loss weights ``1 / (K * share)`` (rounded to 3 decimals) for pixel counts of K
-    classes: weight x share is 1 / K for every class, so no class's pixels dominate the loss."""
+    """Per-class loss weights ``1 / (K * share)`` (rounded to 3 decimals) for the pixel counts of
+    the K classes that occur: weight x share is 1 / K for each of them, so no class's pixels
+    dominate the loss. A class without training pixels gets 1.0: no pixel carries it as its
+    target, so its weight never enters the loss (tiny data sets may miss a class)."""
     counts = [int(c) for c in pixels_per_class]
-    if not counts or min(counts) <= 0:
-        raise ValueError(f"every class needs training pixels to weight it, got counts {counts}; "
-                         "regenerate the demo data (more --n-train images) or use "
-                         "--seg-class-weights none")
-    total, k = sum(counts), len(counts)
-    return [round(total / (k * c), 3) for c in counts]
+    if any(c < 0 for c in counts) or not any(counts):
+        raise ValueError(f"the training labels need pixels of at least one class to weight the "
+                         f"classes, got counts {counts}; regenerate the demo data (more --n-train "
+                         "images) or use --seg-class-weights none")
+    present = [c for c in counts if c > 0]
+    total, k = sum(present), len(present)
+    return [round(total / (k * c), 3) if c > 0 else 1.0 for c in counts]
 
 
 def run_mmseg(args, ade, out_dir):
@@ -505,8 +508,12 @@ def run_mmseg(args, ade, out_dir):
     work = osp.join(out_dir, "segmenter")
     _common_overrides(cfg, args, args.seg_iters, args.seg_lr, work, "seg")
     if args.seg_class_weights == "inverse":
-        weights = inverse_frequency_weights(
-            demo_data.semantic_majority_baseline(ade["training"]["ann_dir"])["pixels_per_class"])
+        counts = demo_data.semantic_majority_baseline(ade["training"]["ann_dir"])["pixels_per_class"]
+        weights = inverse_frequency_weights(counts)
+        missing = [c for c, n in zip(ade["classes"], counts) if n == 0]
+        if missing:
+            print(f"WARNING: no training pixels of {missing}: their weight (1.0) is never used; "
+                  "more --n-train images give every class pixels", flush=True)
         print(f"segmenter class weights (inverse pixel frequency): "
               f"{dict(zip(ade['classes'], weights))}", flush=True)
         for head in ("decode_head", "auxiliary_head"):

@@ -53,11 +53,15 @@ PATHS = ("mmseg", "mmdet", "detectron2")
 DEFAULT_SIZE = 128
 
 
-def data_dirs(data: str, size: int) -> dict:
-    """Where each dataset goes: the main demo's folders at its size (shared with tools/demo.py),
-    folders named by the size otherwise (so that another size never rewrites the main demo's
-    data)."""
+def data_dirs(data: str, size: int, colours: str = "random") -> dict:
+    """Where each dataset goes: the main demo's folders at its size and colours (shared with
+    tools/demo.py), folders named by the size (and the colours) otherwise, so that another size
+    or colour mode never rewrites the main demo's data."""
+    from dinat_backbone import demo_data
+
     tag = "" if size == DEMO_SIZE else f"_{size}"
+    if colours != demo_data.DEMO_COLOURS and size == DEMO_SIZE:
+        tag += f"_{colours}"
     return dict(ade=osp.join(data, "ade" + tag), coco=osp.join(data, "coco_polygon" + tag))
 
 
@@ -87,6 +91,10 @@ def parse_args(argv=None):
                         f"demo's {DEMO_SIZE} px took ~7.5 s on the shared 2-core machine)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated demo data")
+    p.add_argument("--colours", choices=("random", "class"), default="random",
+                   help="colours of the demo shapes (default random: the data of the figures in "
+                        "docs/mask2former_demo.md; class: one colour family per class, as in "
+                        "tools/demo.py)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--mask2former-root", default=None,
                    help="Mask2Former checkout for the detectron2 path (else $MASK2FORMER_ROOT)")
@@ -352,14 +360,15 @@ def main(argv=None):
 
     out_dir = osp.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
-    data, dirs = {}, data_dirs(args.data, args.size)
+    data, dirs = {}, data_dirs(args.data, args.size, args.colours)
     if "mmseg" in args.paths:
-        data["ade"] = demo_data.make_ade_semantic(dirs["ade"], args.n_train,
-                                                  args.n_val, size=args.size, seed=args.data_seed)
+        data["ade"] = demo_data.make_ade_semantic(dirs["ade"], args.n_train, args.n_val,
+                                                  size=args.size, seed=args.data_seed,
+                                                  colours=args.colours)
     if {"mmdet", "detectron2"} & set(args.paths):
         data["coco"] = demo_data.make_coco_instances(
             dirs["coco"], args.n_train, args.n_val, size=args.size,
-            seed=args.data_seed, mask_format="polygon")
+            seed=args.data_seed, mask_format="polygon", colours=args.colours)
     command = [osp.relpath(osp.abspath(__file__), ROOT), *argv]
     summary = dict(command=command, size=args.size, iters=args.iters, batch_size=args.batch_size,
                    lr=args.lr, seed=args.seed, threads=torch.get_num_threads(), results={})

@@ -30,8 +30,9 @@ def main(argv=None):
     p.add_argument("--classes", nargs="+", default=list(demo_data.DEFAULT_CLASSES),
                    help=f"shape classes of the instance dataset, from {demo_data.SHAPES}")
     p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle")
-    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default="random",
-                   help="random: any colour for any shape; class: one colour family per class")
+    p.add_argument("--colours", choices=demo_data.COLOUR_MODES, default=demo_data.DEMO_COLOURS,
+                   help="class: one colour family per class (default, the main job's data); "
+                        "random: any colour for any shape")
     p.add_argument("--overwrite", action="store_true", help="regenerate even if present")
     a = p.parse_args(argv)
     t0 = time.time()

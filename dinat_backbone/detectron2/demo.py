@@ -34,8 +34,9 @@ DEMO_DEFAULTS = {
     "MASK_FORMAT": "rle",
     # shapes within this many degrees of upright; negative: any angle (demo_data's None)
     "MAX_ROTATION": -1.0,
-    # "random" (any colour for any shape) or "class" (one colour family per shape class)
-    "COLOURS": "random",
+    # "class" (one colour family per shape class, the main job's data) or "random" (any colour
+    # for any shape)
+    "COLOURS": demo_data.DEMO_COLOURS,
 }
 
 
