@@ -44,7 +44,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from dinat_backbone.demo_data import DEMO_SIZE  # noqa: E402
+from dinat_backbone.demo_data import COLOUR_MODES, DEMO_COLOURS, DEMO_SIZE  # noqa: E402
 
 SEM_CONFIG = osp.join(ROOT, "configs", "demo", "mask2former_dinat-mini_demo_semantic.py")
 INS_CONFIG = osp.join(ROOT, "configs", "demo", "mask2former_dinat-mini_demo_instance.py")
@@ -57,10 +57,8 @@ def data_dirs(data: str, size: int, colours: str = "random") -> dict:
     """Where each dataset goes: the main demo's folders at its size and colours (shared with
     tools/demo.py), folders named by the size (and the colours) otherwise, so that another size
     or colour mode never rewrites the main demo's data."""
-    from dinat_backbone import demo_data
-
     tag = "" if size == DEMO_SIZE else f"_{size}"
-    if colours != demo_data.DEMO_COLOURS and size == DEMO_SIZE:
+    if colours != DEMO_COLOURS and size == DEMO_SIZE:
         tag += f"_{colours}"
     return dict(ade=osp.join(data, "ade" + tag), coco=osp.join(data, "coco_polygon" + tag))
 
@@ -91,7 +89,7 @@ def parse_args(argv=None):
                         f"demo's {DEMO_SIZE} px took ~7.5 s on the shared 2-core machine)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated demo data")
-    p.add_argument("--colours", choices=("random", "class"), default="random",
+    p.add_argument("--colours", choices=COLOUR_MODES, default="random",
                    help="colours of the demo shapes (default random: the data of the figures in "
                         "docs/mask2former_demo.md; class: one colour family per class, as in "
                         "tools/demo.py)")
