@@ -81,7 +81,7 @@ setup(
     license="MIT",
     packages=find_packages(include=["dinat_backbone", "dinat_backbone.*"]),
     # the C++ source of the "cpp" attention backend, compiled on first use (ops/cpp_backend.py)
-    package_data={"dinat_backbone.ops": ["csrc/*.cpp"]},
+    package_data={"dinat_backbone.ops": ["csrc/*.cpp", "csrc/*.h"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.6",  # the tests and the safe loader rely on torch.load(weights_only=True)

@@ -114,6 +114,54 @@ def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
         assert torch.equal(g1[n], g2[n]), n
 
 
+# ------------------------------------------------- the 16-lane kernel (CPUs with AVX-512)
+# Where the compiler targets AVX-512, the kernel is built in two vector widths and a call whose
+# sub-grids are at least 48 columns wide takes 16 queries per vector (the cases above, all
+# narrower, take 8). These maps are wide enough: 70 columns (4 full blocks and a ragged one of
+# 6), and 100 columns at dilation 2 (sub-grids of 50), with borders, RPB and row chunks.
+WIDE_CASES = {
+    "k7d1-20x70": (1, 2, 20, 70, 8, 7, 1, True),
+    "k5d2-36x100": (1, 1, 36, 100, 16, 5, 2, True),
+    "k3x7-d1x2-34x97-D12": (1, 1, 34, 97, 12, (3, 7), (1, 2), False),
+}
+
+
+def _wide_lanes():
+    from dinat_backbone.ops.cpp_backend import load_extension
+
+    ext = load_extension()
+    q = torch.empty(1, 1, 1, 100, 1)
+    return ext.lanes_for(q, 1)
+
+
+@pytest.mark.parametrize("name", list(WIDE_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_wide_maps_take_16_lanes_and_match_the_definition(name, dtype):
+    if _wide_lanes() != 16:
+        pytest.skip("this CPU (or DINAT_NA_LANES) gives the kernel only its 8-lane width")
+    from dinat_backbone.ops.cpp_backend import load_extension
+
+    B, nh, H, W, D, ks, dil, with_rpb = WIDE_CASES[name]
+    kh, kw = _pair(ks)
+    dh, dw = _pair(dil)
+    g = torch.Generator().manual_seed(len(name))
+    x = {n: torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64) for n in "qkv"}
+    if with_rpb:
+        x["rpb"] = 0.5 * torch.randn(nh, 2 * kh - 1, 2 * kw - 1, generator=g, dtype=torch.float64)
+    go = torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64)
+    ga = torch.randn(B, nh, H, W, kh * kw, generator=g, dtype=torch.float64)
+    assert load_extension().lanes_for(x["q"], dw) == 16
+    for return_attn in (True, False):
+        ref = _grads(_slow(ks, dil), x, go, ga, torch.float64, return_attn)
+        got = _grads(_cpp(ks, dil, return_attn), x, go, ga, dtype, return_attn)
+        pairs = {"out": (got[0], ref[0]), **{f"grad_{n}": (got[2][n], ref[2][n]) for n in got[2]}}
+        if return_attn:
+            pairs["attn"] = (got[1], ref[1])
+        for what, (a, e) in pairs.items():
+            err = (a.double() - e).abs().max().item()
+            assert err <= TOL[dtype], f"{name} {dtype}: {what} max abs error {err:.3g}"
+
+
 # ------------------------------------------- q, k, v packed as [B, H, W, 3, heads, D]: na2d_qkv
 @pytest.mark.parametrize("name", ["k5d1-50x13", "k7d2-67x15"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

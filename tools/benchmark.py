@@ -19,7 +19,9 @@ Sections (all by default; pick with --sections):
   (``--autocast bfloat16`` runs them under autocast). ``--models dinat_tiny_unpacked`` adds
   DiNAT-T as it was before ``na2d_qkv`` (q, k, v unbound from the qkv linear's output).
   ``--models dinat_tiny_no_na`` adds an analysis row: DiNAT-T with the attention op replaced by a
-  copy of v (what the rest of the network costs).
+  copy of v (what the rest of the network costs). ``--models dinat_tiny_lanes8`` adds DiNAT-T
+  with the compiled kernel's 8-lane width on every call (it differs from dinat_tiny only on a
+  CPU with AVX-512, where the kernel takes 16 lanes on sub-grids of 48 columns or more).
 * ``ckpt``: training peak memory at 1024x1024 with per-stage gradient checkpointing on vs off.
 * ``profile`` (not in the default set): torch.profiler over training steps at 224 (batch 8) of
   --profile-models at --profile-threads: self time per category (attention op, linears,
@@ -46,6 +48,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -82,7 +85,10 @@ MODELS = ["dinat_mini", "dinat_tiny", "swin_t", "convnext_tiny"]
 # compiled "cpp" kernel on the CPU where it builds): both backends in one run.
 # dinat_tiny_unpacked: DiNAT-T calling na2d on q, k, v unbound from the qkv linear's output (the
 # model before na2d_qkv): autograd then stacks dq, dk, dv and copies them into the linear's layout.
-EXTRA_MODELS = ["dinat_tiny_no_na", "dinat_tiny_tiled", "dinat_tiny_unpacked"]
+# dinat_tiny_lanes8: DiNAT-T with the compiled kernel's 8-lane width on every call, on a CPU
+# with AVX-512, where "cpp" takes 16 queries per vector on sub-grids of >= 48 columns: both
+# widths in one run (on other CPUs it is dinat_tiny again).
+EXTRA_MODELS = ["dinat_tiny_no_na", "dinat_tiny_tiled", "dinat_tiny_unpacked", "dinat_tiny_lanes8"]
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -413,11 +419,40 @@ class _Unpacked(torch.nn.Module):
             modeling.na2d_qkv = saved
 
 
+class _Lanes8(torch.nn.Module):
+    """DiNAT model whose steps (forward and backward) run the kernel's 8-lane width only:
+    ``step_context`` is entered around each timed step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def step_context():
+        from dinat_backbone.ops.cpp_backend import load_extension
+
+        ext = load_extension()
+        if ext is None:
+            yield
+            return
+        saved = ext.set_wide_min(2 ** 30)
+        try:
+            yield
+        finally:
+            ext.set_wide_min(saved)
+
+
 def build_model(name: str, size_label: str, device, dtype, ckpt: bool = False):
     if name == "dinat_tiny_no_na":
         return _WithoutNA(build_model("dinat_tiny", size_label, device, dtype, ckpt))
     if name == "dinat_tiny_unpacked":
         return _Unpacked(build_model("dinat_tiny", size_label, device, dtype, ckpt))
+    if name == "dinat_tiny_lanes8":
+        return _Lanes8(build_model("dinat_tiny", size_label, device, dtype, ckpt))
     if name.startswith("dinat_"):
         from dinat_backbone.backbone import DinatBackbone
 
@@ -454,6 +489,11 @@ def _autocast(args, device):
     return torch.autocast(device.type, dtype=getattr(torch, args.autocast))
 
 
+def _step_context(model):
+    """The model's own context around a timed step (forward and backward), if it has one."""
+    return getattr(model, "step_context", contextlib.nullcontext)()
+
+
 def bench_backbones(args, device, dtype) -> List[dict]:
     sizes = args.sizes or (["224"] if args.quick else list(SIZES))
     models = args.models or (["dinat_tiny", "swin_t"] if args.quick else MODELS)
@@ -476,15 +516,16 @@ def bench_backbones(args, device, dtype) -> List[dict]:
                     model.eval()
 
                     def f(model=model):
-                        with torch.no_grad(), _autocast(args, device):
+                        with torch.no_grad(), _autocast(args, device), _step_context(model):
                             model(x)
                 else:
                     model.train()
 
                     def f(model=model):
-                        with _autocast(args, device):
-                            loss = _outputs_sum(model(x))
-                        loss.backward()
+                        with _step_context(model):
+                            with _autocast(args, device):
+                                loss = _outputs_sum(model(x))
+                            loss.backward()
                         for p in model.parameters():
                             p.grad = None
                 fns[m] = f

@@ -44,8 +44,22 @@ import torch
 # Largest kernel size the compiled kernel takes (its per-block tables hold 2k - 1 <= 31 entries);
 # larger kernels, like attention dropout, are computed by "tiled" (same semantics).
 MAX_KERNEL = 15
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "na2d_cpu.cpp")
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCE = os.path.join(_CSRC, "na2d_cpu.cpp")
+_SOURCES_HASHED = (_SOURCE, os.path.join(_CSRC, "na2d_cpu_kernel.h"))  # the build's name
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+
+
+def _lane_flags() -> list:
+    """Vector width: the kernel takes 16 queries per vector where the compiler targets AVX-512,
+    else 8; ``DINAT_NA_LANES=8`` (or 16) forces one (a separate build, e.g. to test the 8-lane
+    layout on an AVX-512 machine)."""
+    lanes = os.environ.get("DINAT_NA_LANES", "").strip()
+    if lanes in ("", "auto"):
+        return []
+    if lanes not in ("8", "16"):
+        raise ValueError(f"DINAT_NA_LANES={lanes!r}: use 8, 16 or leave it unset (automatic)")
+    return [f"-DNA_LANES={lanes}"]
 # at::parallel_for runs its tasks on torch's OpenMP threads only in code compiled with OpenMP;
 # without these flags the kernel runs on one thread whatever torch.set_num_threads says. Tried
 # first where torch uses OpenMP, then without (a compiler with no OpenMP still gets a kernel).
@@ -67,8 +81,9 @@ def _cpu_tag(flags=()) -> str:
                     break
     except OSError:
         pass
-    with open(_SOURCE, "rb") as f:
-        text += hashlib.sha1(f.read()).hexdigest()
+    for path in _SOURCES_HASHED:
+        with open(path, "rb") as f:
+            text += hashlib.sha1(f.read()).hexdigest()
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -103,7 +118,7 @@ def load_extension():
             variants = [_OPENMP_FLAGS, []] if torch.backends.openmp.is_available() else [[]]
             errors = []
             for extra in variants:
-                flags = _CFLAGS + extra
+                flags = _CFLAGS + _lane_flags() + extra
                 name = "dinat_na2d_cpu_" + _cpu_tag(flags)
                 build_dir = os.environ.get("DINAT_CPP_BUILD_DIR") or _get_build_directory(name, False)
                 os.makedirs(build_dir, exist_ok=True)
