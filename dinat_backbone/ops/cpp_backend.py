@@ -20,6 +20,13 @@ Attention dropout needs the random mask of the weights, which this kernel does n
 ``dropout_p > 0`` in training the call goes to the "tiled" backend (same semantics), and so do
 kernel sizes above 15.
 
+On a CPU with AVX-512 the kernel is built in two vector widths (``csrc/na2d_cpu_kernel.h``,
+compiled once per width): 16 queries per vector for calls whose sub-grids (columns per dilation
+residue class) are at least 48 wide, 8 for narrower ones, where a 16-lane vector would be mostly
+masked lanes; elsewhere only the 8-lane width is built. ``DINAT_NA_LANES=8`` (or 16) builds one
+width alone; the extension's ``set_wide_min`` moves the threshold (``DINAT_NA_WIDE_MIN`` at
+start-up). Both widths compute the same numbers to the tolerances the tests assert.
+
 The kernel is wrapped as two ``torch.library`` custom ops (``dinat_backbone::na2d_cpp_fwd`` /
 ``_bwd``), so ``torch.compile`` sees one opaque node, with an autograd formula. A second pair
 (``na2d_cpp_qkv_fwd`` / ``_bwd``, :func:`na2d_cpp_qkv`) takes q, k, v packed as one
