@@ -51,11 +51,15 @@
 // The kernel body, once per vector width (na2d_cpu_kernel.h): 8 queries per vector (256-bit
 // registers for float), and, where the compiler targets AVX-512 (-march=native on such a CPU),
 // also 16 (512-bit registers). Each call takes the wide kernel when its sub-grids are at least
-// wide_min() columns wide (a 16-lane block wastes lanes on narrow sub-grids: measured slower on
-// 14 columns, faster on 304; docs/benchmarks.md). NA_LANES=8 or 16 (cpp_backend.py's
-// DINAT_NA_LANES) builds that width alone.
-#if defined(NA_LANES)
-#define NA_ONLY NA_LANES
+// wide_min() columns wide (on a narrow sub-grid a 16-lane block is mostly masked lanes; on the
+// 800x1216 maps the wide kernel makes a DiNAT-T step 2-3% faster, docs/benchmarks.md).
+// NA_LANES=8 or 16 (cpp_backend.py's DINAT_NA_LANES) builds that width alone.
+#if defined(NA_LANES)  // one width alone (a value, not the macro: NA_LANES is redefined below)
+#if NA_LANES == 16
+#define NA_ONLY 16
+#else
+#define NA_ONLY 8
+#endif
 #undef NA_LANES
 #endif
 
