@@ -118,11 +118,13 @@ def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
 # Where the compiler targets AVX-512, the kernel is built in two vector widths and a call whose
 # sub-grids are at least 48 columns wide takes 16 queries per vector (the cases above, all
 # narrower, take 8). These maps are wide enough: 70 columns (4 full blocks and a ragged one of
-# 6), and 100 columns at dilation 2 (sub-grids of 50), with borders, RPB and row chunks.
+# 6), 100 columns at dilation 2 (sub-grids of 50), 97 at (1, 2) with two row chunks, and a
+# 13-wide kernel, with borders and RPB.
 WIDE_CASES = {
     "k7d1-20x70": (1, 2, 20, 70, 8, 7, 1, True),
     "k5d2-36x100": (1, 1, 36, 100, 16, 5, 2, True),
     "k3x7-d1x2-34x97-D12": (1, 1, 34, 97, 12, (3, 7), (1, 2), False),
+    "k13d1-30x60": (1, 1, 30, 60, 8, 13, 1, True),  # 25 entries per block row at the borders
 }
 
 
