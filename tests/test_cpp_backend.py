@@ -34,8 +34,10 @@ def _pair(x):
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
-def _case(name):
-    B, nh, H, W, D, ks, dil, with_rpb, chunks = CASES[name]
+def _case(name, table=None):
+    """Random float64 inputs of a case (of CASES, or of WIDE_CASES with chunks None)."""
+    B, nh, H, W, D, ks, dil, with_rpb, *chunks = (table or CASES)[name]
+    chunks = chunks[0] if chunks else None
     kh, kw = _pair(ks)
     g = torch.Generator().manual_seed(len(name))
     x = {n: torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64) for n in "qkv"}
@@ -78,10 +80,9 @@ def _cpp(ks, dil, return_attn):
     return f
 
 
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-def test_chunked_cpp_matches_the_definition(name, dtype):
-    x, go, ga, ks, dil, _ = _case(name)
+def _check_against_definition(name, x, go, ga, ks, dil, dtype):
+    """Forward, attention weights and every gradient of "cpp" in dtype against the float64
+    definition, with and without return_attn, at TOL[dtype]."""
     for return_attn in (True, False):
         ref_out, ref_attn, ref_grads = _grads(_slow(ks, dil), x, go, ga, torch.float64,
                                               return_attn)
@@ -95,6 +96,13 @@ def test_chunked_cpp_matches_the_definition(name, dtype):
             err = (a.double() - e).abs().max().item()
             assert err <= TOL[dtype], (f"{name} {dtype} return_attn={return_attn}: {what} max "
                                        f"abs error {err:.3g} > {TOL[dtype]:.3g}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_chunked_cpp_matches_the_definition(name, dtype):
+    x, go, ga, ks, dil, _ = _case(name)
+    _check_against_definition(name, x, go, ga, ks, dil, dtype)
 
 
 def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
@@ -143,25 +151,9 @@ def test_wide_maps_take_16_lanes_and_match_the_definition(name, dtype):
         pytest.skip("this CPU (or DINAT_NA_LANES) gives the kernel only its 8-lane width")
     from dinat_backbone.ops.cpp_backend import load_extension
 
-    B, nh, H, W, D, ks, dil, with_rpb = WIDE_CASES[name]
-    kh, kw = _pair(ks)
-    dh, dw = _pair(dil)
-    g = torch.Generator().manual_seed(len(name))
-    x = {n: torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64) for n in "qkv"}
-    if with_rpb:
-        x["rpb"] = 0.5 * torch.randn(nh, 2 * kh - 1, 2 * kw - 1, generator=g, dtype=torch.float64)
-    go = torch.randn(B, nh, H, W, D, generator=g, dtype=torch.float64)
-    ga = torch.randn(B, nh, H, W, kh * kw, generator=g, dtype=torch.float64)
-    assert load_extension().lanes_for(x["q"], dw) == 16
-    for return_attn in (True, False):
-        ref = _grads(_slow(ks, dil), x, go, ga, torch.float64, return_attn)
-        got = _grads(_cpp(ks, dil, return_attn), x, go, ga, dtype, return_attn)
-        pairs = {"out": (got[0], ref[0]), **{f"grad_{n}": (got[2][n], ref[2][n]) for n in got[2]}}
-        if return_attn:
-            pairs["attn"] = (got[1], ref[1])
-        for what, (a, e) in pairs.items():
-            err = (a.double() - e).abs().max().item()
-            assert err <= TOL[dtype], f"{name} {dtype}: {what} max abs error {err:.3g}"
+    x, go, ga, ks, dil, _ = _case(name, WIDE_CASES)
+    assert load_extension().lanes_for(x["q"], _pair(dil)[1]) == 16
+    _check_against_definition(name, x, go, ga, ks, dil, dtype)
 
 
 # ------------------------------------------- q, k, v packed as [B, H, W, 3, heads, D]: na2d_qkv
