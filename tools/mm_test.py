@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mm_train import parse_cfg_options  # noqa: E402
+from mm_train import close_process_group, parse_cfg_options  # noqa: E402
 
 
 def main(argv=None):
@@ -66,3 +66,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    close_process_group()

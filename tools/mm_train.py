@@ -58,5 +58,17 @@ def main(argv=None):
     return runner
 
 
+def close_process_group():
+    """Destroys torch.distributed's default process group where a launcher made one, once every
+    process is done. Left to the interpreter's exit, a gloo group can abort a finished process
+    ("terminate called without an active exception"), and torchrun then reports the run failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    close_process_group()
