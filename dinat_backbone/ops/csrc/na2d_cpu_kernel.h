@@ -346,15 +346,10 @@ inline void channel_blocks(int D, Block&& block) {
 template <int DB, typename T, typename V>
 inline void store_lanes(V* acc, int nv, T* o, int64_t xs, int64_t cs, int d0) {
   if (DB == 8 && cs == 1) {
-    if constexpr (NL == 8) {
-      transpose8(acc);  // acc[l] = the 8 channels of lane l
-      for (int l = 0; l < nv; ++l) storeu<V>(o + l * xs + d0, acc[l]);
-    } else {
-      V t[NL];  // the 8 channel vectors and 8 of zeros: t[l] = lane l's 8 channels, then zeros
-      for (int j = 0; j < NL; ++j) t[j] = j < DB ? acc[j] : V{};
-      transpose_nl(t);
-      for (int l = 0; l < nv; ++l) std::memcpy(o + l * xs + d0, &t[l], DB * sizeof(T));
-    }
+    V t[NL];  // the 8 channel vectors (then zeros when NL = 16): t[l] = lane l's 8 channels
+    for (int j = 0; j < NL; ++j) t[j] = j < DB ? acc[j] : V{};
+    transpose_nl(t);
+    for (int l = 0; l < nv; ++l) std::memcpy(o + l * xs + d0, &t[l], DB * sizeof(T));
     return;
   }
   for (int l = 0; l < nv; ++l)
