@@ -27,6 +27,10 @@ CASES = {
     "k7d2-67x15": (1, 2, 67, 15, 8, 7, 2, True, 2),
     "k7x3-d1x2-48x11": (1, 1, 48, 11, 8, (7, 3), (1, 2), False, 3),
     "k9d1-wide-36x20-D16": (1, 1, 36, 20, 16, 9, 1, True, 2),
+    # sub-grids of >= 128 columns: the forward streams rows through rings (odd rows per chunk,
+    # so the last row of a chunk runs alone; with dilation 2 on the rows)
+    "k7d1-stream-45x140": (1, 2, 45, 140, 8, 7, 1, True, 2),
+    "k5x3-d2x1-stream-70x131-D12": (1, 1, 70, 131, 12, (5, 3), (2, 1), False, 2),
 }
 
 

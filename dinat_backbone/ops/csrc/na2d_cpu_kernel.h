@@ -264,14 +264,14 @@ inline void dots2(const T* a0, const T* a1, const T* b, int D, int64_t LP, int n
   }
 }
 
-// acc[j] = sum_{i < rows, e < ne} P[i*ne + e] * ld(base + i*rowstride + e + j*LP), j < DB.
+// acc[j] = sum_{i < rows, e < ne} P[i*ne + e] * ld(rowp[i] + off + e + j*LP), j < DB.
 template <int DB, bool BC, typename T, typename V>
-inline void wsum_n(const V* P, int rows, int ne, const T* base, int64_t rowstride, int64_t LP,
+inline void wsum_n(const V* P, int rows, int ne, const T* const* rowp, int64_t off, int64_t LP,
                    V* out) {
   V acc[DB];
   for (int j = 0; j < DB; ++j) acc[j] = V{};
   for (int i = 0; i < rows; ++i) {
-    const T* vb = base + i * rowstride;
+    const T* vb = rowp[i] + off;
     const V* Pi = P + i * ne;
     for (int e = 0; e < ne; ++e) {
       const V p = Pi[e];
@@ -286,12 +286,12 @@ inline void wsum_n(const V* P, int rows, int ne, const T* base, int64_t rowstrid
 // first row's window start) is row r of P0 (r < kh) and row r - dsh of P1 (r >= dsh); each key
 // vector is loaded once for both. Each sum keeps wsum_n's order (rows, then entries).
 template <int DB, bool BC, typename T, typename V>
-inline void wsum2_n(const V* P0, const V* P1, int kh, int dsh, int ne, const T* base,
-                    int64_t rowstride, int64_t LP, V* out0, V* out1) {
+inline void wsum2_n(const V* P0, const V* P1, int kh, int dsh, int ne, const T* const* rowp,
+                    int64_t off, int64_t LP, V* out0, V* out1) {
   V acc0[DB], acc1[DB];
   for (int j = 0; j < DB; ++j) acc0[j] = acc1[j] = V{};
   for (int r = 0; r < kh + dsh; ++r) {
-    const T* vb = base + r * rowstride;
+    const T* vb = rowp[r] + off;
     if (r >= dsh && r < kh) {
       const V* p0 = P0 + r * ne;
       const V* p1 = P1 + (r - dsh) * ne;
@@ -450,9 +450,10 @@ struct Task {
   int64_t LP;
   Axis ay, ax;
   // This work item's chunk of query rows [y0, y1) (chunk c of nch), and the key rows its
-  // windows reach [ky0, ky1). Buffers hold query rows from y0 and key rows from ky0.
+  // windows reach [ky0, ky1). Buffers hold query rows from y0 and key rows from ky0: all of
+  // them, or (streamed, see forward_task) the last qring / kring in a ring.
   int64_t task;
-  int c, nch, y0, y1, ky0, ky1;
+  int c, nch, y0, y1, ky0, ky1, qring, kring;
 
   Task(const Problem<T>& P, int64_t item, int nch_) {
     nch = nch_;
@@ -476,22 +477,29 @@ struct Task {
     y1 = (int)((int64_t)(c + 1) * Gh / nch);
     ky0 = ay.s[y0];
     ky1 = ay.s[y1 - 1] + P.kh;
+    qring = y1 - y0;
+    kring = ky1 - ky0;
   }
   // Buffer row offsets (in elements) of query row y / key row r for C channels.
-  int64_t qrow(int y, int C) const { return (int64_t)(y - y0) * C * LP; }
-  int64_t krow(int r, int C) const { return (int64_t)(r - ky0) * C * LP; }
+  int64_t qrow(int y, int C) const { return (int64_t)((y - y0) % qring) * C * LP; }
+  int64_t krow(int r, int C) const { return (int64_t)((r - ky0) % kring) * C * LP; }
 
   // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[((y - r0)*C + c)*LP + PL + x] for rows
   // r0 <= y < r1, zero padding elsewhere.
   void gather(const Problem<T>& P, const T* src, const Strides& st, int C,
               std::vector<T>& buf, int r0, int r1) const {
     buf.assign((size_t)(r1 - r0) * C * LP, T(0));
+    gather_rows(P, src, st, C, buf.data(), r0, r1, r0, r1 - r0);
+  }
+  // Rows r0 <= y < r1 into buffer rows (y - base) % ring (their padding already zero).
+  void gather_rows(const Problem<T>& P, const T* src, const Strides& st, int C, T* buf, int r0,
+                   int r1, int base_row, int ring) const {
     const T* base = src + b * st.s[0] + h * st.s[1];
     using V = typename VecOf<T>::type;
     const int C8 = st.s[4] == 1 ? C / NL * NL : 0;  // channels moved by NL x NL transposes
     for (int y = r0; y < r1; ++y) {
       const T* row = base + (int64_t)(rh + P.dh * y) * st.s[2];
-      T* dst = buf.data() + (int64_t)(y - r0) * C * LP + PL;
+      T* dst = buf + (int64_t)((y - base_row) % ring) * C * LP + PL;
       if (y + 1 < r1) {  // the start of the next row: strided reads the hardware does not see
         const T* nrow = row + (int64_t)P.dh * st.s[2];
         for (int x = 0; x < std::min(Gw, 2 * NL); ++x)
@@ -531,12 +539,12 @@ struct Task {
 
 // sum over (window row i, entry e) of W[i, e] * X[key of (i, e)] for channels d0..d0+DB-1.
 template <int DB, typename T, typename V>
-inline void block_wsum_n(const Block<T, V>& bk, const V* Wt, int rows, const T* base,
-                         int64_t rowstride, int64_t LP, V* acc) {
+inline void block_wsum_n(const Block<T, V>& bk, const V* Wt, int rows, const T* const* rowp,
+                         int64_t off, int64_t LP, V* acc) {
   if (bk.abs)
-    wsum_n<DB, true, T, V>(Wt, rows, bk.ne, base, rowstride, LP, acc);
+    wsum_n<DB, true, T, V>(Wt, rows, bk.ne, rowp, off, LP, acc);
   else
-    wsum_n<DB, false, T, V>(Wt, rows, bk.ne, base, rowstride, LP, acc);
+    wsum_n<DB, false, T, V>(Wt, rows, bk.ne, rowp, off, LP, acc);
 }
 
 // L[i*ne + e] = a . XT[key of (i, e)] for the block's lanes (a: the lanes' own vectors in AT).
@@ -705,19 +713,26 @@ inline V block_softmax(const Problem<T>& P, const Task<T>& tk, const Block<T, V>
   return softmax_of<T, V>(P, tk, bk, y, L, normalize, absbias);
 }
 
+// rowp[i] = the block's entry 0 of key row r0 + i in XT, i < n.
+template <typename T, typename V>
+inline void key_rows(const Task<T>& tk, const Block<T, V>& bk, const T* XT, int C, int r0, int n,
+                     int kw, const T** rowp) {
+  for (int i = 0; i < n; ++i) rowp[i] = XT + tk.krow(r0 + i, C) + tk.PL + bk.key_col0(kw);
+}
+
 // dst[b,h,Y,X,c] = mult * lm * sum_{i,e} W[i,e] * XT[key of (i, e)][c] for the block's queries.
 template <typename T, typename V>
 inline void block_wsum(const Problem<T>& P, const Task<T>& tk, const Block<T, V>& bk,
                        const V* Wt, const T* XT, int C, int y, T mult, const V& lm, T* dst,
                        const Strides& sd) {
-  const int sh = tk.ay.s[y];
-  const T* base = XT + tk.krow(sh, C) + tk.PL + bk.key_col0(P.kw);
+  const T* rowp[16];  // kh <= 15 (check_inputs)
+  key_rows(tk, bk, XT, C, tk.ay.s[y], P.kh, P.kw, rowp);
   T* ob = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * y) * sd.s[2];
   const V f = lm * mult;
   channel_blocks(C, [&](auto DBc, int d0) {
     constexpr int DB = decltype(DBc)::value;
     V acc[DB];
-    block_wsum_n<DB, T, V>(bk, Wt, P.kh, base + d0 * tk.LP, (int64_t)C * tk.LP, tk.LP, acc);
+    block_wsum_n<DB, T, V>(bk, Wt, P.kh, rowp, d0 * tk.LP, tk.LP, acc);
     for (int j = 0; j < DB; ++j) acc[j] *= f;
     store_lanes<DB, T, V>(acc, bk.nv, ob + (int64_t)(tk.rw + P.dw * bk.x0) * sd.s[3],
                           P.dw * sd.s[3], sd.s[4], d0);
@@ -730,7 +745,8 @@ inline void block_wsum2(const Problem<T>& P, const Task<T>& tk, const Block<T, V
                         const V* W0, const V* W1, const T* XT, int C, int y, T mult,
                         const V& lm0, const V& lm1, T* dst, const Strides& sd) {
   const int sh = tk.ay.s[y], dsh = tk.ay.s[y + 1] - sh;
-  const T* base = XT + tk.krow(sh, C) + tk.PL + bk.key_col0(P.kw);
+  const T* rowp[16];
+  key_rows(tk, bk, XT, C, sh, P.kh + dsh, P.kw, rowp);
   T* ob0 = dst + tk.b * sd.s[0] + tk.h * sd.s[1] + (int64_t)(tk.rh + P.dh * y) * sd.s[2] +
            (int64_t)(tk.rw + P.dw * bk.x0) * sd.s[3];
   T* ob1 = ob0 + (int64_t)P.dh * sd.s[2];
@@ -739,11 +755,9 @@ inline void block_wsum2(const Problem<T>& P, const Task<T>& tk, const Block<T, V
     constexpr int DB = decltype(DBc)::value;
     V acc0[DB], acc1[DB];
     if (bk.abs)
-      wsum2_n<DB, true, T, V>(W0, W1, P.kh, dsh, bk.ne, base + d0 * tk.LP, (int64_t)C * tk.LP,
-                              tk.LP, acc0, acc1);
+      wsum2_n<DB, true, T, V>(W0, W1, P.kh, dsh, bk.ne, rowp, d0 * tk.LP, tk.LP, acc0, acc1);
     else
-      wsum2_n<DB, false, T, V>(W0, W1, P.kh, dsh, bk.ne, base + d0 * tk.LP, (int64_t)C * tk.LP,
-                               tk.LP, acc0, acc1);
+      wsum2_n<DB, false, T, V>(W0, W1, P.kh, dsh, bk.ne, rowp, d0 * tk.LP, tk.LP, acc0, acc1);
     for (int j = 0; j < DB; ++j) {
       acc0[j] *= f0;
       acc1[j] *= f1;
@@ -753,15 +767,38 @@ inline void block_wsum2(const Problem<T>& P, const Task<T>& tk, const Block<T, V
   });
 }
 
+// Whether a task streams its rows through rings (forward_task): sub-grids of >= 128 columns.
+template <typename T>
+inline bool streams(const Task<T>& tk) {
+  return tk.Gw >= 128;
+}
+
 template <typename T>
 void forward_task(const Problem<T>& P, int64_t item, int nch) {
   using V = typename VecOf<T>::type;
   Task<T> tk(P, item, nch);
-  static thread_local std::vector<T> QT, KT, VT;
-  tk.gather(P, P.q, P.sq, P.D, QT, tk.y0, tk.y1);
-  tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
-  tk.gather(P, P.v, P.sv, P.Dv, VT, tk.ky0, tk.ky1);
   const int kh = P.kh, kw = P.kw, KK = kh * kw;
+  // Narrow maps (columns < 128): column blocks outside, rows inside (a block's strip of keys
+  // and values stays in the cache from row to row), all rows copied first. Wide maps: rows
+  // outside (the kh key rows of a query row, across the whole width, are what stays in the
+  // cache), and the rows are streamed: query rows two at a time and key / value rows as the
+  // windows reach them, into rings of 2 and kh + 1 rows (a pair of query rows reads kh + 1 key
+  // rows at most), so that the copies stay in the core's cache too. Measured: blocks outside
+  // is faster on 56 columns, rows outside on 304 (by about a quarter); the switch at 128 lies
+  // between the two.
+  const bool stream = streams(tk);
+  static thread_local std::vector<T> QT, KT, VT;
+  if (stream) {
+    tk.qring = std::min(2, tk.qring);
+    tk.kring = std::min(kh + 1, tk.kring);
+    QT.assign((size_t)tk.qring * P.D * tk.LP, T(0));
+    KT.assign((size_t)tk.kring * P.D * tk.LP, T(0));
+    VT.assign((size_t)tk.kring * P.Dv * tk.LP, T(0));
+  } else {
+    tk.gather(P, P.q, P.sq, P.D, QT, tk.y0, tk.y1);
+    tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
+    tk.gather(P, P.v, P.sv, P.Dv, VT, tk.ky0, tk.ky1);
+  }
   static thread_local std::vector<V> L, L1;
   L.resize((size_t)kh * (2 * kw - 1));
   L1.resize((size_t)kh * (2 * kw - 1));
@@ -804,16 +841,20 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
     else
       one(bk, y);
   };
-  // Narrow maps: column blocks outside, rows inside (a block's strip of keys and values stays
-  // in the cache from row to row). Wide maps: rows outside (the kh key rows of a query row,
-  // across the whole width, are what stays in the cache). Measured: the first is faster on 56
-  // columns, the second on 304 (by about a quarter); the switch at 128 lies between the two.
-  if (tk.Gw < 128) {
+  if (!stream) {
     for (const Block<T, V>& bk : blocks)
       for (int y = tk.y0; y < tk.y1; y += 2) rows(bk, y);
   } else {
-    for (int y = tk.y0; y < tk.y1; y += 2)
+    int kend = tk.ky0;  // key rows [ky0, kend) copied so far
+    for (int y = tk.y0; y < tk.y1; y += 2) {
+      const int yn = std::min(y + 2, tk.y1);
+      tk.gather_rows(P, P.q, P.sq, P.D, QT.data(), y, yn, tk.y0, tk.qring);
+      const int kn = tk.ay.s[yn - 1] + kh;
+      tk.gather_rows(P, P.k, P.sk, P.D, KT.data(), kend, kn, tk.ky0, tk.kring);
+      tk.gather_rows(P, P.v, P.sv, P.Dv, VT.data(), kend, kn, tk.ky0, tk.kring);
+      kend = kn;
       for (const Block<T, V>& bk : blocks) rows(bk, y);
+    }
   }
 }
 
@@ -825,10 +866,13 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   const int Gh = tk.Gh, Gw = tk.Gw, PL = tk.PL;
   const int64_t LP = tk.LP;
   static thread_local std::vector<T> QT, KT, VT, DOT;
-  tk.gather(P, P.q, P.sq, D, QT, tk.y0, tk.y1);
-  tk.gather(P, P.k, P.sk, D, KT, tk.ky0, tk.ky1);
-  tk.gather(P, P.v, P.sv, Dv, VT, tk.ky0, tk.ky1);
-  tk.gather(P, P.dout, P.sdo, Dv, DOT, tk.y0, tk.y1);
+  const bool stream = streams(tk);  // rows copied as the passes reach them (see forward_task)
+  if (!stream) {
+    tk.gather(P, P.q, P.sq, D, QT, tk.y0, tk.y1);
+    tk.gather(P, P.k, P.sk, D, KT, tk.ky0, tk.ky1);
+    tk.gather(P, P.v, P.sv, Dv, VT, tk.ky0, tk.ky1);
+    tk.gather(P, P.dout, P.sdo, Dv, DOT, tk.y0, tk.y1);
+  }
   const BlockTables<T, V>& tables = block_tables<T, V>(P, tk);
   const std::vector<Block<T, V>>& blocks = tables.blocks;
   const std::vector<V>& absb = tables.absb;
@@ -895,6 +939,28 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
     PB.resize((size_t)(ring * slot_size));
     SB.resize((size_t)(ring * slot_size));
   }
+  // Streamed: query and dout rows in a ring of the same length as that of P and dS (pass 2 of
+  // a key row reads the query rows pass 1 wrote there), key and value rows in one of kh + 1
+  // (pass 1 of two query rows reads kh + 1 key rows at most; pass 2 reads none).
+  int kend = tk.ky0;  // key rows [ky0, kend) copied so far
+  if (stream) {
+    tk.qring = std::min(ring, tk.qring);
+    tk.kring = std::min(kh + 1, tk.kring);
+    QT.assign((size_t)tk.qring * D * LP, T(0));
+    DOT.assign((size_t)tk.qring * Dv * LP, T(0));
+    KT.assign((size_t)tk.kring * D * LP, T(0));
+    VT.assign((size_t)tk.kring * Dv * LP, T(0));
+  }
+  // Query rows [y, y + n) and the key rows their windows reach, when streamed.
+  auto fetch = [&](int y, int n) {
+    if (!stream) return;
+    tk.gather_rows(P, P.q, P.sq, D, QT.data(), y, y + n, tk.y0, tk.qring);
+    tk.gather_rows(P, P.dout, P.sdo, Dv, DOT.data(), y, y + n, tk.y0, tk.qring);
+    const int kn = tk.ay.s[y + n - 1] + kh;
+    tk.gather_rows(P, P.k, P.sk, D, KT.data(), kend, kn, tk.ky0, tk.kring);
+    tk.gather_rows(P, P.v, P.sv, Dv, VT.data(), kend, kn, tk.ky0, tk.kring);
+    kend = std::max(kend, kn);
+  };
   static thread_local std::vector<V> L, DP, L1, DP1, gacc;
   for (auto* b : {&L, &DP, &L1, &DP1}) b->resize((size_t)kh * NE);
   // dS summed per (RPB row, block, entry) as lane vectors; reduced to the RPB table at the end
@@ -1134,9 +1200,11 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
     const int yb = std::min(yhi[r + nr - 1], tk.y1 - 1);
     while (next <= yb) {
       if (next + 1 <= yb) {
+        fetch(next, 2);
         pass1two(next);
         next += 2;
       } else {
+        fetch(next, 1);
         pass1(next++);
       }
     }
