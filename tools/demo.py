@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job: train a DiNAT detector and a DiNAT segmenter on built-in synthetic data.
 
-    python tools/demo.py                     # default: ~11 min on a 2-core CPU (README)
+    python tools/demo.py                     # default: ~12 min on a 2-core CPU (README)
     python tools/demo.py --iters 1000 --cosine-span 1 --val-interval 250   # long schedule, ~38 min
 
 1. Generates the demo data if absent (``--data``, default ``demo_data/``): a COCO-format instance
