@@ -16,7 +16,9 @@
 // (sum_boundary): no atomics, and the same result with any number of threads.
 //
 // Inside a task, q/k/v are copied into a "transposed" layout [row][channel][column] with zero
-// padding left and right, and NL (8, or 16 with AVX-512; see below) consecutive queries of a row
+// padding left and right (all of a chunk's rows first; on sub-grids of >= 128 columns, whose
+// copies would not fit the core's L2, row by row into rings as the windows reach them: see
+// forward_task and backward_task), and NL (8, or 16 with AVX-512; see below) consecutive queries of a row
 // are one vector (lanes over queries). For a query x, the key at column x + e - (kw - 1) has extended index e in
 // [0, 2kw - 2] -- which is also its RPB column -- and the window is e in [es(x), es(x) + kw) with
 // es(x) = s(x) - x + kw - 1. For one vector of queries, the key column of index e is a
