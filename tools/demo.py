@@ -68,7 +68,8 @@ def parse_args(argv=None):
                         "compiled mmcv are installed, else detectron2")
     p.add_argument("--variant", default="mini", help="DiNAT variant (mini, tiny, small, base, large)")
     p.add_argument("--iters", type=int, default=300,
-                   help="detector training iterations (batch 4; 300 keeps the default job within 13 min on 2 cores)")
+                   help="detector training iterations (batch 4; 300 keeps the default job within "
+                        "13 min on 2 cores)")
     p.add_argument("--seg-iters", type=int, default=120, help="segmenter training iterations (batch 4)")
     p.add_argument("--lr", type=float, default=3e-4,
                    help="AdamW peak learning rate of the detector (3e-4: docs/demo.md, 'learning rate')")

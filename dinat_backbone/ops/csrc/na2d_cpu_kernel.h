@@ -491,6 +491,14 @@ struct Task {
     buf.assign((size_t)(r1 - r0) * C * LP, T(0));
     gather_rows(P, src, st, C, buf.data(), r0, r1, r0, r1 - r0);
   }
+  // Streamed tasks: the key and value rows query row y's window reaches that are not copied
+  // yet (rows [kend, s(y) + kh)), into the key ring; kend moves past them.
+  void stream_keys(const Problem<T>& P, T* KT, T* VT, int y, int& kend) const {
+    const int kn = ay.s[y] + P.kh;
+    gather_rows(P, P.k, P.sk, P.D, KT, kend, kn, ky0, kring);
+    gather_rows(P, P.v, P.sv, P.Dv, VT, kend, kn, ky0, kring);
+    kend = std::max(kend, kn);
+  }
   // Rows r0 <= y < r1 into buffer rows (y - base) % ring (their padding already zero).
   void gather_rows(const Problem<T>& P, const T* src, const Strides& st, int C, T* buf, int r0,
                    int r1, int base_row, int ring) const {
@@ -849,10 +857,7 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
     for (int y = tk.y0; y < tk.y1; y += 2) {
       const int yn = std::min(y + 2, tk.y1);
       tk.gather_rows(P, P.q, P.sq, P.D, QT.data(), y, yn, tk.y0, tk.qring);
-      const int kn = tk.ay.s[yn - 1] + kh;
-      tk.gather_rows(P, P.k, P.sk, P.D, KT.data(), kend, kn, tk.ky0, tk.kring);
-      tk.gather_rows(P, P.v, P.sv, P.Dv, VT.data(), kend, kn, tk.ky0, tk.kring);
-      kend = kn;
+      tk.stream_keys(P, KT.data(), VT.data(), yn - 1, kend);
       for (const Block<T, V>& bk : blocks) rows(bk, y);
     }
   }
@@ -956,10 +961,7 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
     if (!stream) return;
     tk.gather_rows(P, P.q, P.sq, D, QT.data(), y, y + n, tk.y0, tk.qring);
     tk.gather_rows(P, P.dout, P.sdo, Dv, DOT.data(), y, y + n, tk.y0, tk.qring);
-    const int kn = tk.ay.s[y + n - 1] + kh;
-    tk.gather_rows(P, P.k, P.sk, D, KT.data(), kend, kn, tk.ky0, tk.kring);
-    tk.gather_rows(P, P.v, P.sv, Dv, VT.data(), kend, kn, tk.ky0, tk.kring);
-    kend = std::max(kend, kn);
+    tk.stream_keys(P, KT.data(), VT.data(), y + n - 1, kend);
   };
   static thread_local std::vector<V> L, DP, L1, DP1, gacc;
   for (auto* b : {&L, &DP, &L1, &DP1}) b->resize((size_t)kh * NE);
