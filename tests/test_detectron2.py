@@ -689,6 +689,46 @@ def test_train_net_cli_eval_only(trained):
     assert ap == pytest.approx(trained["results"]["bbox"]["AP"], abs=1e-3)
 
 
+@needs_d2
+def test_checkpointer_save_is_atomic(tmp_path, monkeypatch):
+    """DinatCheckpointer.save: a save that dies while writing leaves the previous checkpoint and
+    ``last_checkpoint`` as they were (detectron2's own save writes both in place), and a complete
+    save replaces both, with no temporary file left beside them."""
+    from dinat_backbone.detectron2 import DinatCheckpointer
+    from dinat_backbone.weights import load_checkpoint_file
+
+    model = torch.nn.Linear(3, 2)
+    ckpt = DinatCheckpointer(model, save_dir=str(tmp_path))
+    ckpt.save("model_0000009", iteration=9)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    before = (tmp_path / "model_0000009.pth").read_bytes()
+
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **k):
+        f.write(b"partial bytes of a checkpoint")
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        ckpt.save("model_0000019", iteration=19)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert not (tmp_path / "model_0000019.pth").exists()
+    assert (tmp_path / "model_0000009.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpt.save("model_0000019", iteration=19)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000019.pth"
+    saved = load_checkpoint_file(str(tmp_path / "model_0000019.pth"))
+    assert saved["iteration"] == 19
+    assert torch.equal(torch.as_tensor(saved["model"]["weight"]), model.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint", "model_0000009.pth", "model_0000019.pth"]
+
+
 # ----------------------------------------------------------------------------------- weights
 def _tiny_model():
     from detectron2.modeling import build_model

@@ -1,4 +1,4 @@
-"""``DinatCheckpointer``: detectron2's ``DetectionCheckpointer`` with two changes.
+"""``DinatCheckpointer``: detectron2's ``DetectionCheckpointer`` with three changes.
 
 1. Every file it reads goes through the project's safe reader
    (:func:`dinat_backbone.weights.load_checkpoint_file`): detectron2 itself reads ``.pkl`` with
@@ -10,10 +10,17 @@
 2. ``MODEL.WEIGHTS`` may also be a released DiNAT checkpoint (the authors' ImageNet ``.pth``,
    transformers ``.bin`` / ``.safetensors``, mmdet / mmseg, a converted file): its keys are
    converted and loaded under the backbone's prefix.
+3. Saving is atomic: the checkpoint, then ``last_checkpoint``, each go to a temporary file beside
+   the target that is flushed and renamed onto it. detectron2 writes both in place, so a run
+   killed while saving could leave a torn checkpoint or an empty ``last_checkpoint`` (then
+   ``--resume`` fails); here the previous pair stays intact until the new one is complete.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import os
+from typing import IO, Any, Callable, Dict, Optional
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -59,6 +66,21 @@ def _from_pycls(data: Any, filename: str) -> Dict[str, Any]:
     return {"model": state, "__author__": "pycls", "matching_heuristics": True}
 
 
+def _replace_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed onto
+    ``path`` (atomic on one file system); on an error the temporary file is removed."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class DinatCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that reads every file safely and also loads released DiNAT
     checkpoints into the backbone (see the module docstring).
@@ -68,6 +90,28 @@ class DinatCheckpointer(DetectionCheckpointer):
     and loaded under the backbone's prefix (``BACKBONE_PREFIX`` for FPN models). Shape mismatches
     between the checkpoint and ``MODEL.DINAT`` raise a ValueError naming both.
     """
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """detectron2's ``save`` (model, checkpointables, ``kwargs``), written atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not os.path.isdir(self.save_dir):  # not a local folder: detectron2's path manager
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _replace_atomically(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not os.path.isdir(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        _replace_atomically(os.path.join(self.save_dir, "last_checkpoint"),
+                            lambda f: f.write(last_filename_basename.encode()))
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         lower = filename.lower()
