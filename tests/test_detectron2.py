@@ -706,7 +706,8 @@ def test_checkpointer_save_is_atomic(tmp_path, monkeypatch):
     real_save = torch.save
 
     def dies_half_way(obj, f, *a, **k):
-        f.write(b"partial bytes of a checkpoint")
+        with open(f, "wb") if isinstance(f, (str, os.PathLike)) else f as out:
+            out.write(b"partial bytes of a checkpoint")
         raise RuntimeError("killed while saving")
 
     monkeypatch.setattr(torch, "save", dies_half_way)

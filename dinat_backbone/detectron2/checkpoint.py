@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -26,6 +26,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .. import weights as _weights
 from ..backbone import DinatBackbone
+from ..weights.safe_io import replace_atomically
 
 __all__ = ["DinatCheckpointer", "read_checkpoint"]
 
@@ -66,21 +67,6 @@ def _from_pycls(data: Any, filename: str) -> Dict[str, Any]:
     return {"model": state, "__author__": "pycls", "matching_heuristics": True}
 
 
-def _replace_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed onto
-    ``path`` (atomic on one file system); on an error the temporary file is removed."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class DinatCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that reads every file safely and also loads released DiNAT
     checkpoints into the backbone (see the module docstring).
@@ -104,14 +90,17 @@ class DinatCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _replace_atomically(save_file, lambda f: torch.save(data, f))
+        replace_atomically(save_file, lambda tmp: torch.save(data, tmp))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not os.path.isdir(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
-        _replace_atomically(os.path.join(self.save_dir, "last_checkpoint"),
-                            lambda f: f.write(last_filename_basename.encode()))
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+
+        replace_atomically(os.path.join(self.save_dir, "last_checkpoint"), write)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         lower = filename.lower()

@@ -32,6 +32,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "load_checkpoint_file",
     "save_state_dict",
+    "replace_atomically",
     "weights_file_in",
     "WEIGHT_FILES",
     "WEIGHT_EXTS",
@@ -327,11 +328,20 @@ def save_state_dict(obj: Mapping[str, Any], path: Union[str, os.PathLike]) -> st
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    replace_atomically(path, lambda tmp: _write(obj, tmp, lower))
+    return path
+
+
+def replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes the new content to ``tmp``, a temporary file beside ``path``; it is
+    flushed to disk and renamed onto ``path`` (atomic on one file system), so ``path`` holds the
+    old content or the new, never a torn file. On an error the temporary file is removed."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        _write(obj, tmp, lower)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
