@@ -370,6 +370,30 @@ inline Axis make_axis(int L, int k, int d, int r) {
   return a;
 }
 
+// A task's transposed copy of rows (thread-local, reused from task to task). Rows are only
+// ever written in their data columns (gather_rows; its NL-wide stores put zeros past the
+// width), so the zero padding stays: it is cleared only when the buffer takes another layout
+// (channels, row length, width) or grows, not for every task (on maps of a few dozen columns,
+// clearing every task's buffers was a noticeable part of the forward).
+template <typename T>
+struct Rows {
+  std::vector<T> v;
+  int64_t C = -1, LP = -1, Gw = -1;
+  T* prepare(int rows, int C_, int64_t LP_, int Gw_) {
+    const size_t n = (size_t)rows * C_ * LP_;
+    if (C != C_ || LP != LP_ || Gw != Gw_) {
+      v.assign(n, T(0));
+      C = C_;
+      LP = LP_;
+      Gw = Gw_;
+    } else if (v.size() < n) {
+      v.resize(n, T(0));
+    }
+    return v.data();
+  }
+  T* data() { return v.data(); }
+};
+
 struct Strides {
   int64_t s[5];
 };
@@ -486,10 +510,9 @@ struct Task {
 
   // src[b, h, rh + dh*y, rw + dw*x, c] -> buf[((y - r0)*C + c)*LP + PL + x] for rows
   // r0 <= y < r1, zero padding elsewhere.
-  void gather(const Problem<T>& P, const T* src, const Strides& st, int C,
-              std::vector<T>& buf, int r0, int r1) const {
-    buf.assign((size_t)(r1 - r0) * C * LP, T(0));
-    gather_rows(P, src, st, C, buf.data(), r0, r1, r0, r1 - r0);
+  void gather(const Problem<T>& P, const T* src, const Strides& st, int C, Rows<T>& buf,
+              int r0, int r1) const {
+    gather_rows(P, src, st, C, buf.prepare(r1 - r0, C, LP, Gw), r0, r1, r0, r1 - r0);
   }
   // Streamed tasks: the key and value rows query row y's window reaches that are not copied
   // yet (rows [kend, s(y) + kh)), into the key ring; kend moves past them.
@@ -795,13 +818,13 @@ void forward_task(const Problem<T>& P, int64_t item, int nch) {
   // is faster on 56 columns, rows outside on 304 (by about a quarter); the switch at 128 lies
   // between the two.
   const bool stream = streams(tk);
-  static thread_local std::vector<T> QT, KT, VT;
+  static thread_local Rows<T> QT, KT, VT;
   if (stream) {
     tk.qring = std::min(2, tk.qring);
     tk.kring = std::min(kh + 1, tk.kring);
-    QT.assign((size_t)tk.qring * P.D * tk.LP, T(0));
-    KT.assign((size_t)tk.kring * P.D * tk.LP, T(0));
-    VT.assign((size_t)tk.kring * P.Dv * tk.LP, T(0));
+    QT.prepare(tk.qring, P.D, tk.LP, tk.Gw);
+    KT.prepare(tk.kring, P.D, tk.LP, tk.Gw);
+    VT.prepare(tk.kring, P.Dv, tk.LP, tk.Gw);
   } else {
     tk.gather(P, P.q, P.sq, P.D, QT, tk.y0, tk.y1);
     tk.gather(P, P.k, P.sk, P.D, KT, tk.ky0, tk.ky1);
@@ -870,7 +893,7 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   const int kh = P.kh, kw = P.kw, KK = kh * kw, D = P.D, Dv = P.Dv, NE = 2 * kw - 1;
   const int Gh = tk.Gh, Gw = tk.Gw, PL = tk.PL;
   const int64_t LP = tk.LP;
-  static thread_local std::vector<T> QT, KT, VT, DOT;
+  static thread_local Rows<T> QT, KT, VT, DOT;
   const bool stream = streams(tk);  // rows copied as the passes reach them (see forward_task)
   if (!stream) {
     tk.gather(P, P.q, P.sq, D, QT, tk.y0, tk.y1);
@@ -951,10 +974,10 @@ void backward_task(const Problem<T>& P, int64_t t, int nch) {
   if (stream) {
     tk.qring = std::min(ring, tk.qring);
     tk.kring = std::min(kh + 1, tk.kring);
-    QT.assign((size_t)tk.qring * D * LP, T(0));
-    DOT.assign((size_t)tk.qring * Dv * LP, T(0));
-    KT.assign((size_t)tk.kring * D * LP, T(0));
-    VT.assign((size_t)tk.kring * Dv * LP, T(0));
+    QT.prepare(tk.qring, D, LP, Gw);
+    DOT.prepare(tk.qring, Dv, LP, Gw);
+    KT.prepare(tk.kring, D, LP, Gw);
+    VT.prepare(tk.kring, Dv, LP, Gw);
   }
   // Query rows [y, y + n) and the key rows their windows reach, when streamed.
   auto fetch = [&](int y, int n) {
