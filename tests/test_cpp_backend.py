@@ -132,25 +132,29 @@ def test_chunked_cpp_gives_the_same_bits_with_one_and_two_threads():
 # values there are harmless unless they are not finite (0 * inf = nan). So one thread first
 # runs a call whose last column is inf (its own result is not checked), then calls whose padding
 # overlaps that column's old place (a map one column narrower, more channels, more rows), each
-# against the definition.
-REUSE_AFTER_INF = [
-    (1, 1, 40, 12, 8, 5, 1, True),
-    (1, 1, 40, 12, 12, 5, 1, True),
-    (2, 1, 70, 11, 8, 5, 1, False),
-]
+# against the definition: on narrow maps (whole chunks copied) and on maps of >= 128 columns
+# (rows streamed through rings).
+REUSE_AFTER_INF = {
+    "narrow": (13, [(1, 1, 40, 12, 8, 5, 1, True),
+                    (1, 1, 40, 12, 12, 5, 1, True),
+                    (2, 1, 70, 11, 8, 5, 1, False)]),
+    "streamed": (141, [(1, 1, 40, 140, 8, 5, 1, True)]),
+}
 
 
+@pytest.mark.parametrize("maps", list(REUSE_AFTER_INF))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-def test_buffers_reused_after_an_inf_input_match_the_definition(dtype):
+def test_buffers_reused_after_an_inf_input_match_the_definition(maps, dtype):
+    width, cases = REUSE_AFTER_INF[maps]
     g = torch.Generator().manual_seed(3)
-    t = {n: torch.randn(1, 1, 40, 13, 8, generator=g, dtype=dtype) for n in "qkv"}
+    t = {n: torch.randn(1, 1, 40, width, 8, generator=g, dtype=dtype) for n in "qkv"}
     for x in t.values():
         x[..., -1, :] = float("inf")
     t = {n: x.requires_grad_(True) for n, x in t.items()}
     out = na2d(t["q"], t["k"], t["v"], 5, 1, backend="cpp")
     out.backward(torch.ones_like(out))
-    for i, case in enumerate(REUSE_AFTER_INF):
-        name = f"after-inf-{i}"
+    for i, case in enumerate(cases):
+        name = f"after-inf-{maps}-{i}"
         x, go, ga, ks, dil, _ = _case(name, {name: case})
         _check_against_definition(name, x, go, ga, ks, dil, dtype)
 
