@@ -533,6 +533,18 @@ def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return out.baddbmm_(a, b, beta=0, alpha=scale)
 
 
+def _tile_probs(qc, kc, tabs, ix, shape, scale, cdt):
+    """Softmax weights of a chunk of tiles (forward, and recomputed in the backward): scale *
+    q.k in ``cdt``, plus the RPB / mask tables (viewed as ``shape``), softmaxed over the keys."""
+    logits = _scaled_bmm(qc, kc.transpose(1, 2), scale)
+    if logits.dtype != cdt:
+        logits = logits.to(cdt)
+    lv = logits.view(shape)
+    for t in tabs:
+        lv.add_(_sel(t, ix))
+    return torch.softmax(logits, -1)
+
+
 def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
     with torch.autocast(q.device.type, enabled=False):
         c = _Fast(q, kh, kw, dh, dw, th, tw)
@@ -549,15 +561,8 @@ def _fwd_impl(q, k, v, rpb, kh, kw, dh, dw, scale, th, tw):
                               c.view(vg, "r", vh, vw), c.view(og, "q", vh, vw))
                 nth, ntw = vh[1] - vh[0], vw[1] - vw[0]
                 for ix, lead in c.chunks(nth, ntw, T2 * R2):
-                    qc = Q[ix].reshape(-1, T2, D)
-                    kc = K[ix].reshape(-1, R2, D)
-                    logits = _scaled_bmm(qc, kc.transpose(1, 2), scale)
-                    if logits.dtype != cdt:
-                        logits = logits.to(cdt)
-                    lv = logits.view(lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R))
-                    for t in tabs:
-                        lv.add_(_sel(t, ix))
-                    p = torch.softmax(logits, -1)
+                    p = _tile_probs(Q[ix].reshape(-1, T2, D), K[ix].reshape(-1, R2, D), tabs,
+                                    ix, lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R), scale, cdt)
                     o = torch.bmm(p.to(v.dtype), V[ix].reshape(-1, R2, Dv))
                     Out[ix].copy_(o.view(lead + (dw, ntw, ph.T, pw.T, Dv)))
         return c.canonical(og, (0, 0), full)
@@ -601,13 +606,8 @@ def _bwd_impl(dout, q, k, v, rpb, out, kh, kw, dh, dw, scale, th, tw, rpb_grad):
                     kc = K[ix].reshape(-1, R2, D)
                     vc = V[ix].reshape(-1, R2, Dv)
                     doc = DO[ix].reshape(-1, T2, Dv)
-                    logits = _scaled_bmm(qc, kc.transpose(1, 2), scale)
-                    if logits.dtype != cdt:
-                        logits = logits.to(cdt)
-                    lv = logits.view(lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R))
-                    for t in tabs:
-                        lv.add_(_sel(t, ix))
-                    p = torch.softmax(logits, -1)
+                    p = _tile_probs(qc, kc, tabs, ix, lead + (dw, ntw, ph.T, pw.T, ph.R, pw.R),
+                                    scale, cdt)
                     dp = torch.bmm(doc, vc.transpose(1, 2))
                     if dp.dtype != cdt:
                         dp = dp.to(cdt)
