@@ -10,16 +10,10 @@ import torch.nn.functional as F
 from dinat_backbone import DinatBackbone, DinatConfig, DinatForImageClassification, DinatModel
 from dinat_backbone.backbone import NO_WEIGHT_DECAY_PATTERNS, is_no_weight_decay
 from dinat_backbone.modeling import DropPath, NALayer, NeighborhoodAttention2D
+from model_helpers import small_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small_config(**kw):
-    base = dict(embed_dim=16, depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 4],
-                dilations=[[1], [1, 2], [1], [1]], kernel_size=3, drop_path_rate=0.0)
-    base.update(kw)
-    return DinatConfig(**base)
 
 
 ALL = ["stem", "stage1", "stage2", "stage3", "stage4"]

@@ -37,6 +37,7 @@ transformers = pytest.importorskip("transformers", reason="transformers not inst
 
 from dinat_backbone import DinatBackbone, DinatForImageClassification, DinatModel  # noqa: E402
 from dinat_backbone.ops import na2d_av, na2d_qk  # noqa: E402
+from model_helpers import randomise  # noqa: E402
 
 _V = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
 # Where this file runs: in an environment whose transformers is 4.50-4.53 (the oracle tests), or
@@ -113,20 +114,6 @@ def hf():
         setattr(md, k, v)
 
 
-def _randomise(model):
-    """transformers initialises rpb to zero, layer scale to a constant and norms to 1 / 0:
-    perturb every parameter so that each one matters."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("layer_scale_parameters"):
-                p.copy_(0.5 + 0.5 * noise.abs())
-            else:
-                p.add_(0.05 * noise)
-    return model.eval()
-
-
 CONFIGS = {
     # small maps padded for kernel*dilation (stage 1 of 160 px: 40 < 7*8 rows), kernel 7
     "small_k7_pad": dict(embed_dim=16, depths=[2, 2, 2, 1], num_heads=[1, 2, 2, 4],
@@ -151,7 +138,7 @@ def _max_diff(a, b):
 def test_classification_matches_transformers(hf, name, tmp_path):
     torch.manual_seed(0)
     cfg = transformers.DinatConfig(**CONFIGS[name])
-    ref = _randomise(hf.DinatForImageClassification(cfg))
+    ref = randomise(hf.DinatForImageClassification(cfg))
     ref.save_pretrained(str(tmp_path), safe_serialization=True)
     assert os.path.isfile(tmp_path / "config.json")
     ours, report = DinatForImageClassification.from_pretrained(str(tmp_path),
@@ -182,12 +169,12 @@ def test_base_model_and_backbone_match_transformers(hf, name, tmp_path):
     kw = dict(CONFIGS[name])
     kw.pop("num_labels")
     cfg = transformers.DinatConfig(**kw)
-    ref = _randomise(hf.DinatModel(cfg))
+    ref = randomise(hf.DinatModel(cfg))
     ref.save_pretrained(str(tmp_path / "model"))  # DinatModel on its own: no "dinat." prefix
     ours = DinatModel.from_pretrained(str(tmp_path / "model")).eval()
     assert ours.loading_report.prefix == ""
     stages = ["stem", "stage1", "stage2", "stage3", "stage4"]
-    ref_bb = _randomise(hf.DinatBackbone(transformers.DinatConfig(out_features=stages, **kw)))
+    ref_bb = randomise(hf.DinatBackbone(transformers.DinatConfig(out_features=stages, **kw)))
     ref_bb.save_pretrained(str(tmp_path / "backbone"))
     ours_bb = DinatBackbone.from_pretrained(str(tmp_path / "backbone")).eval()
     assert ours_bb.out_features == stages
@@ -246,7 +233,7 @@ def test_patch_matches_transformers_own_attention(hf):
     assert not is_patched()
     torch.manual_seed(0)
     cfg = transformers.DinatConfig(**CONFIGS["small_k5_layerscale"])
-    model = _randomise(hf.DinatForImageClassification(cfg))
+    model = randomise(hf.DinatForImageClassification(cfg))
     inputs = {size: torch.randn(2, 3, *size) for size in [(97, 131), (40, 56)]}
     labels = torch.tensor([3, 7])
 

@@ -32,6 +32,7 @@ from dinat_backbone.transformers import (  # noqa: E402
     is_patched,
     patch_transformers,
 )
+from model_helpers import randomise  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,20 +54,6 @@ def md():
     import importlib
 
     return importlib.import_module(MODULE)
-
-
-def _randomise(model, seed=0):
-    """transformers initialises rpb to zero, layer scale to a constant and norms to 1 / 0:
-    perturb every parameter so that each one matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("layer_scale_parameters"):
-                p.copy_(0.5 + 0.5 * noise.abs())
-            else:
-                p.add_(0.05 * noise)
-    return model.eval()
 
 
 def _diff(a, b):
@@ -96,12 +83,12 @@ def saved(md, tmp_path_factory):
     this package."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("hf_dinat")
-    cls = _randomise(transformers.DinatForImageClassification(
+    cls = randomise(transformers.DinatForImageClassification(
         transformers.DinatConfig(num_labels=7, **CFG)))
     cls.save_pretrained(str(root / "cls"))
-    base = _randomise(transformers.DinatModel(transformers.DinatConfig(**CFG)), seed=1)
+    base = randomise(transformers.DinatModel(transformers.DinatConfig(**CFG)), seed=1)
     base.save_pretrained(str(root / "model"))
-    bb = _randomise(transformers.DinatBackbone(
+    bb = randomise(transformers.DinatBackbone(
         transformers.DinatConfig(out_features=STAGES, **CFG)), seed=2)
     bb.save_pretrained(str(root / "backbone"))
     return {
@@ -265,7 +252,7 @@ def _outputs(out):
 def test_composite_models(md, name, tmp_path):
     model, train_inputs, infer_inputs, backbone_of = _composite(name)
     assert isinstance(backbone_of(model), md.DinatBackbone)
-    _randomise(backbone_of(model), seed=3)
+    randomise(backbone_of(model), seed=3)
 
     # training step: finite loss, a gradient on every backbone parameter, the loss moves
     model.train()
@@ -329,7 +316,7 @@ def test_seed_snippet_with_local_folder(md, tmp_path):
     labels = ["tabby", "tiger cat", "goldfish", "hen", "ostrich", "kite", "jay"]
     cfg = transformers.DinatConfig(num_labels=7, id2label=dict(enumerate(labels)),
                                    label2id={v: i for i, v in enumerate(labels)}, **CFG)
-    _randomise(transformers.DinatForImageClassification(cfg)).save_pretrained(str(tmp_path))
+    randomise(transformers.DinatForImageClassification(cfg)).save_pretrained(str(tmp_path))
     transformers.ViTImageProcessor(size={"height": 224, "width": 224},
                                    image_mean=[0.485, 0.456, 0.406],
                                    image_std=[0.229, 0.224, 0.225]).save_pretrained(str(tmp_path))
