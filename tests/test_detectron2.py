@@ -661,6 +661,26 @@ def test_resume_continues_from_last_checkpoint(trained, one_thread):
 
 @needs_d2
 @pytest.mark.slow
+def test_trainer_saves_and_resumes_through_dinat_checkpointer(trained):
+    """DinatCheckpointer.attach (called by tools/train_net.py's Trainer and by the Mask2Former
+    glue's): the trainer's checkpointer and its PeriodicCheckpointer hook's are one
+    DinatCheckpointer that saves the trainer's state; detectron2 built plain
+    DetectionCheckpointers there."""
+    from detectron2.engine import hooks
+
+    from dinat_backbone.detectron2 import DinatCheckpointer
+
+    trainer = trained["trainer"]
+    ck = trainer.checkpointer
+    assert type(ck) is DinatCheckpointer
+    periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+    assert len(periodic) == 1 and periodic[0].checkpointer is ck
+    assert ck.model is trainer._trainer.model and ck.save_dir == trained["cfg"].OUTPUT_DIR
+    assert ck.checkpointables["trainer"].iter == trainer.iter
+
+
+@needs_d2
+@pytest.mark.slow
 def test_train_net_cli_eval_only(trained):
     """tools/train_net.py --eval-only MODEL.WEIGHTS <trained model> prints the COCO AP table."""
     tmp, cfg = trained["tmp"], trained["cfg"]

@@ -32,7 +32,6 @@ Config keys this tool adds beside detectron2's and ``MODEL.DINAT.*``: ``SOLVER.O
 import logging
 import os
 import sys
-import weakref
 from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -122,12 +121,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with cpu_ddp(cfg):  # several processes on CPUs: DDP without device_ids
             super().__init__(cfg)
-        checkpointer = DinatCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
-                                         trainer=weakref.proxy(self))
-        for h in self._hooks:
-            if isinstance(h, hooks.PeriodicCheckpointer):
-                h.checkpointer = checkpointer
-        self.checkpointer = checkpointer
+        DinatCheckpointer.attach(self, cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

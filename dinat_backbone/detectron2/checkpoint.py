@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Dict, Optional
 
 import torch
@@ -76,6 +77,22 @@ class DinatCheckpointer(DetectionCheckpointer):
     and loaded under the backbone's prefix (``BACKBONE_PREFIX`` for FPN models). Shape mismatches
     between the checkpoint and ``MODEL.DINAT`` raise a ValueError naming both.
     """
+
+    @classmethod
+    def attach(cls, trainer, cfg) -> "DinatCheckpointer":
+        """Puts a DinatCheckpointer in the place of the ``DetectionCheckpointer`` that a
+        detectron2 ``DefaultTrainer`` (or a subclass, e.g. Mask2Former's) built in its
+        ``__init__``: as ``trainer.checkpointer`` (``resume_or_load``) and in its
+        ``PeriodicCheckpointer`` hook (the saves). Call it at the end of the trainer's
+        ``__init__``; returns the new checkpointer."""
+        from detectron2.engine import hooks
+
+        ck = cls(trainer._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer))
+        for h in trainer._hooks:
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h.checkpointer = ck
+        trainer.checkpointer = ck
+        return ck
 
     def save(self, name: str, **kwargs: Any) -> None:
         """detectron2's ``save`` (model, checkpointables, ``kwargs``), written atomically."""

@@ -185,8 +185,6 @@ def _add_dinat_keys(cfg) -> None:
 
 def load_train_net(root: Optional[str] = None):
     """Mask2Former's ``train_net.py`` as a module, with the changes of the module docstring."""
-    import weakref
-
     from dinat_backbone.detectron2 import DinatCheckpointer
     from dinat_backbone.detectron2.ddp import cpu_ddp
     from dinat_backbone.detectron2.demo import register_demo_datasets_for
@@ -225,14 +223,7 @@ def load_train_net(root: Optional[str] = None):
         def __init__(self, cfg):
             with cpu_ddp(cfg):  # several processes on CPUs: DDP without device_ids
                 super().__init__(cfg)
-            from detectron2.engine import hooks
-
-            ck = DinatCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
-                                   trainer=weakref.proxy(self))
-            for h in self._hooks:
-                if isinstance(h, hooks.PeriodicCheckpointer):
-                    h.checkpointer = ck
-            self.checkpointer = ck
+            DinatCheckpointer.attach(self, cfg)
 
         @classmethod
         def build_optimizer(cls, cfg, model):
