@@ -491,21 +491,41 @@ def inverse_frequency_weights(pixels_per_class) -> list:
     return [round(total / (k * c), 3) if c > 0 else 1.0 for c in counts]
 
 
-def run_mmseg(args, ade, out_dir):
-    _require_mm("mmseg")
+def _mm_config(package, path, args, data_root):
+    """The demo's mmengine config ``path`` for ``package`` (mmseg / mmdet), with the backbone's
+    variant and dilations for ``args.size`` and the dataloaders' ``data_root``; returns (cfg,
+    dilations, stage channels)."""
+    _require_mm(package)
     _safe_mm_loading()
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
     dil, chans = _backbone_fields(args.variant, args.size)
-    cfg = Config.fromfile(SEG_CONFIG)
+    cfg = Config.fromfile(path)
     cfg.model.backbone.variant = args.variant
     cfg.model.backbone.dilations = dil
+    for dl in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[dl].dataset.data_root = data_root
+    return cfg, dil, chans
+
+
+def _train(cfg):
+    """mmengine's Runner on ``cfg``, trained with a _Recorder hook; returns (runner, recorder,
+    wall seconds, CPU seconds)."""
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg)
+    rec = _Recorder()
+    runner.register_hook(rec.hook)
+    t0, c0 = time.time(), time.process_time()
+    runner.train()
+    return runner, rec, time.time() - t0, time.process_time() - c0
+
+
+def run_mmseg(args, ade, out_dir):
+    cfg, dil, chans = _mm_config("mmseg", SEG_CONFIG, args, ade["root"])
     cfg.model.decode_head.in_channels = chans
     cfg.model.auxiliary_head.in_channels = chans[2]
     cfg.model.data_preprocessor.size = (args.size, args.size)
-    for dl in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[dl].dataset.data_root = ade["root"]
     cfg.param_scheduler = _schedule(args.seg_iters, args.seg_lr, "poly")
     work = osp.join(out_dir, "segmenter")
     _common_overrides(cfg, args, args.seg_iters, args.seg_lr, work, "seg")
@@ -524,12 +544,7 @@ def run_mmseg(args, ade, out_dir):
             cfg.model[head].loss_decode.class_weight = weights
             cfg.model[head].loss_decode.reduction = "none"
     cfg.merge_from_dict(args.seg_cfg_options)
-    runner = Runner.from_cfg(cfg)
-    rec = _Recorder()
-    runner.register_hook(rec.hook)
-    t0, c0 = time.time(), time.process_time()
-    runner.train()
-    elapsed, cpu = time.time() - t0, time.process_time() - c0
+    runner, rec, elapsed, cpu = _train(cfg)
     ckpt = osp.join(work, f"iter_{args.seg_iters}.pth")
     backbone_file = osp.join(work, "backbone.pth")
     import torch
@@ -601,21 +616,10 @@ def draw_segmentation(runner, ade, png, n=4):
 
 # ------------------------------------------------------------------------------- detection
 def run_mmdet(args, coco, out_dir, warm_backbone=None):
-    _require_mm("mmdet")
-    _safe_mm_loading()
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    dil, chans = _backbone_fields(args.variant, args.size)
-    cfg = Config.fromfile(DET_CONFIG)
-    cfg.model.backbone.variant = args.variant
-    cfg.model.backbone.dilations = dil
+    cfg, dil, chans = _mm_config("mmdet", DET_CONFIG, args, coco["root"].rstrip("/") + "/")
     cfg.model.neck.in_channels = chans
     if warm_backbone:
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=warm_backbone)
-    root = coco["root"].rstrip("/") + "/"
-    for dl in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[dl].dataset.data_root = root
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = coco["val"]["ann_file"]
         # per-class AP in the metrics: CocoMetric writes "<class>_precision" for each metric in
@@ -627,12 +631,7 @@ def run_mmdet(args, coco, out_dir, warm_backbone=None):
     work = osp.join(out_dir, "detector")
     _common_overrides(cfg, args, args.iters, args.lr, work, "det")
     cfg.merge_from_dict(args.det_cfg_options)
-    runner = Runner.from_cfg(cfg)
-    rec = _Recorder()
-    runner.register_hook(rec.hook)
-    t0, c0 = time.time(), time.process_time()
-    runner.train()
-    elapsed, cpu = time.time() - t0, time.process_time() - c0
+    runner, rec, elapsed, cpu = _train(cfg)
     png = osp.join(out_dir, "detections.png")
     draw_detections_mmdet(runner, coco, png)
     ckpt = osp.join(work, f"iter_{args.iters}.pth")
