@@ -661,11 +661,11 @@ def test_resume_continues_from_last_checkpoint(trained, one_thread):
 
 @needs_d2
 @pytest.mark.slow
-def test_trainer_saves_and_resumes_through_dinat_checkpointer(trained):
+def test_trainer_checkpointer_and_periodic_hook_are_one_dinat_checkpointer(trained):
     """DinatCheckpointer.attach (called by tools/train_net.py's Trainer and by the Mask2Former
-    glue's): the trainer's checkpointer and its PeriodicCheckpointer hook's are one
-    DinatCheckpointer that saves the trainer's state; detectron2 built plain
-    DetectionCheckpointers there."""
+    glue's): the trainer's checkpointer (loading, resuming) and its PeriodicCheckpointer hook's
+    (the saves) are one DinatCheckpointer holding this trainer; detectron2 built plain
+    DetectionCheckpointers there. (Resuming itself: test_resume_continues_from_last_checkpoint.)"""
     from detectron2.engine import hooks
 
     from dinat_backbone.detectron2 import DinatCheckpointer
